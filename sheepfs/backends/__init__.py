@@ -1,0 +1,1 @@
+"""Storage backends: where VDIs live (the dog/collie CLI, or a local directory)."""

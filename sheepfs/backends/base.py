@@ -1,0 +1,106 @@
+"""The async Backend interface. No FUSE types here: a backend only knows VDIs and bytes."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+#: Default Sheepdog object size shift (4 MiB objects).
+DEFAULT_BLOCK_SIZE_SHIFT = 22
+#: Longest VDI name Sheepdog keeps (SD_MAX_VDI_LEN 256 including the NUL).
+MAX_NAME_LEN = 255
+#: A flat VDI has at most 2^20 objects.
+MAX_OBJECTS = 1 << 20
+
+
+@dataclass(frozen=True)
+class VdiInfo:
+    """One row of the VDI list, as Sheepdog reports it."""
+
+    name: bytes
+    kind: str  # "=" working, "s" snapshot, "c" clone
+    snap_id: int
+    size: int
+    used: int
+    shared: int
+    ctime: int
+    vid: int
+    copies: str
+    tag: bytes
+    block_size_shift: int = DEFAULT_BLOCK_SIZE_SHIFT
+
+    @property
+    def object_size(self) -> int:
+        return 1 << self.block_size_shift
+
+    @property
+    def max_size(self) -> int:
+        return self.object_size * MAX_OBJECTS
+
+    @property
+    def is_file(self) -> bool:
+        """Working VDIs and clones are files; snapshots are not (yet)."""
+        return self.kind in ("=", "c")
+
+
+@dataclass(frozen=True)
+class FsStats:
+    """Cluster capacity in bytes (the ``Total`` row of ``dog node info -r``)."""
+
+    total: int
+    used: int
+    avail: int
+
+
+class Backend(abc.ABC):
+    """Where VDIs live. Every method may raise a :class:`sheepfs.errors.BackendError`."""
+
+    @abc.abstractmethod
+    async def check(self) -> None:
+        """Raise :class:`~sheepfs.errors.Unavailable` unless the store answers."""
+
+    @abc.abstractmethod
+    async def list(self) -> dict[bytes, VdiInfo]:
+        """Every file-like VDI (working VDIs and clones), by name."""
+
+    @abc.abstractmethod
+    async def read(self, name: bytes, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset`` (short only at the end of the VDI)."""
+
+    @abc.abstractmethod
+    async def write(self, name: bytes, offset: int, data: bytes | memoryview) -> None:
+        """Write exactly ``data`` at ``offset``; the range must lie inside the VDI."""
+
+    @abc.abstractmethod
+    async def write_from_file(
+        self, name: bytes, offset: int, length: int, path: str, file_offset: int
+    ) -> None:
+        """Write ``length`` bytes taken from ``path`` at ``file_offset`` to ``offset``."""
+
+    @abc.abstractmethod
+    async def create(self, name: bytes, size: int) -> None:
+        """Create a VDI of exactly ``size`` bytes (raises Exists, TooLarge...)."""
+
+    @abc.abstractmethod
+    async def delete(self, name: bytes) -> None:
+        """Delete the working VDI ``name`` (raises NotFound if it is not there)."""
+
+    @abc.abstractmethod
+    async def resize(self, name: bytes, size: int) -> None:
+        """Grow a VDI to ``size``; Sheepdog cannot shrink."""
+
+    @abc.abstractmethod
+    async def statfs(self) -> FsStats:
+        """Cluster capacity."""
+
+    @abc.abstractmethod
+    async def snapshot(self, name: bytes, tag: str) -> None:
+        """Freeze the VDI's current data as snapshot ``tag`` (not all digits)."""
+
+    @abc.abstractmethod
+    async def clone(self, name: bytes, tag: str, new_name: bytes) -> None:
+        """Make ``new_name`` a writable VDI from snapshot ``tag`` of ``name``, sharing its data."""
+
+    @abc.abstractmethod
+    async def delete_snapshot(self, name: bytes, tag: str) -> None:
+        """Delete snapshot ``tag`` of ``name`` (clones made from it keep working)."""

@@ -1,0 +1,274 @@
+"""A directory of sparse image files with Sheepdog's rules: try sheepfs without a cluster.
+
+Each VDI is a sparse file ``<id>.img``; ``vdis.json`` maps VDI names (any bytes but NUL, so
+they cannot be file names) to those files. Like Sheepdog, a VDI's size is fixed at creation,
+it grows only by resize, never shrinks, and unwritten space takes no room.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import json
+import os
+import time
+from pathlib import Path
+
+import trio
+
+from ..errors import BackendError, Exists, InvalidArgument, NameTooLong, NoSpace, NotFound, TooLarge
+from .base import DEFAULT_BLOCK_SIZE_SHIFT, MAX_NAME_LEN, Backend, FsStats, VdiInfo
+
+_OBJECT = 1 << DEFAULT_BLOCK_SIZE_SHIFT
+_MAX_SIZE = _OBJECT << 20
+
+
+class LocalBackend(Backend):
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.calls = 0
+
+    # -- the index ---------------------------------------------------------------------------
+
+    def _index_path(self) -> Path:
+        return self.root / "vdis.json"
+
+    def _load(self) -> dict[bytes, dict]:
+        try:
+            raw = json.loads(self._index_path().read_text())
+        except FileNotFoundError:
+            return {}
+        return {base64.b64decode(k): v for k, v in raw.items()}
+
+    def _save(self, index: dict[bytes, dict]) -> None:
+        tmp = self._index_path().with_suffix(".tmp")
+        tmp.write_text(json.dumps({base64.b64encode(k).decode(): v for k, v in index.items()}))
+        os.replace(tmp, self._index_path())
+
+    def _path(self, name: bytes, op: str) -> Path:
+        _check_name(op, name)
+        entry = self._load().get(name)
+        if entry is None:
+            raise NotFound(op, name, "No VDI found")
+        return self.root / entry["file"]
+
+    # -- Backend -----------------------------------------------------------------------------
+
+    async def check(self) -> None:
+        if not self.root.is_dir():
+            raise BackendError("start", None, f"local store {self.root} is not a directory")
+
+    async def list(self) -> dict[bytes, VdiInfo]:
+        self.calls += 1
+        return await trio.to_thread.run_sync(self._list)
+
+    def _list(self) -> dict[bytes, VdiInfo]:
+        out = {}
+        for name, entry in self._load().items():
+            path = self.root / entry["file"]
+            st = os.stat(path)
+            out[name] = VdiInfo(
+                name=name,
+                kind="=",
+                snap_id=0,
+                size=st.st_size,
+                used=_allocated_objects(path, st.st_size) * _OBJECT,
+                shared=0,
+                ctime=entry["ctime"],
+                vid=entry["vid"],
+                copies="1",
+                tag=b"",
+            )
+        return out
+
+    async def read(self, name: bytes, offset: int, length: int) -> bytes:
+        self.calls += 1
+        path = self._path(name, "read")
+
+        def _read() -> bytes:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if offset > size:
+                    raise InvalidArgument("read", name, "Read offset is beyond the end of the VDI")
+                return os.pread(f.fileno(), min(length, size - offset), offset)
+
+        return await trio.to_thread.run_sync(_read)
+
+    async def write(self, name: bytes, offset: int, data: bytes | memoryview) -> None:
+        self.calls += 1
+        path = self._path(name, "write")
+        await trio.to_thread.run_sync(_pwrite_clipped, path, name, offset, bytes(data))
+
+    async def write_from_file(
+        self, name: bytes, offset: int, length: int, path: str, file_offset: int
+    ) -> None:
+        self.calls += 1
+        target = self._path(name, "write")
+
+        def _copy() -> None:
+            with open(path, "rb") as src:
+                done = 0
+                while done < length:
+                    piece = os.pread(src.fileno(), min(length - done, _OBJECT), file_offset + done)
+                    piece += bytes(min(length - done, _OBJECT) - len(piece))
+                    _pwrite_clipped(target, name, offset + done, piece)
+                    done += len(piece)
+
+        await trio.to_thread.run_sync(_copy)
+
+    async def create(self, name: bytes, size: int) -> None:
+        self.calls += 1
+        _check_name("create", name)
+        if size > _MAX_SIZE:
+            raise TooLarge("create", name, f"VDI size is larger than {_MAX_SIZE} bytes")
+        index = self._load()
+        if name in index:
+            raise Exists("create", name, "VDI exists already")
+        vid = max((e["vid"] for e in index.values()), default=0) + 1
+        path = self.root / f"{vid:06x}.img"
+        with open(path, "wb") as f:
+            f.truncate(size)
+        index[name] = {"file": path.name, "ctime": int(time.time()), "vid": vid}
+        self._save(index)
+
+    async def delete(self, name: bytes) -> None:
+        self.calls += 1
+        path = self._path(name, "delete")
+        index = self._load()
+        del index[name]
+        self._save(index)
+        path.unlink()
+
+    async def resize(self, name: bytes, size: int) -> None:
+        self.calls += 1
+        path = self._path(name, "resize")
+        if size > _MAX_SIZE:
+            raise TooLarge("resize", name, f"This volume's max size is {_MAX_SIZE}")
+        if size < path.stat().st_size:
+            raise InvalidArgument("resize", name, "Shrinking VDIs is not implemented")
+        os.truncate(path, size)
+
+    # -- snapshots: sparse copies kept in snaps.json ---------------------------------------
+
+    def _snaps_path(self) -> Path:
+        return self.root / "snaps.json"
+
+    def _load_snaps(self) -> dict[str, str]:
+        try:
+            return json.loads(self._snaps_path().read_text())
+        except FileNotFoundError:
+            return {}
+
+    def _save_snaps(self, snaps: dict[str, str]) -> None:
+        tmp = self._snaps_path().with_suffix(".tmp")
+        tmp.write_text(json.dumps(snaps))
+        os.replace(tmp, self._snaps_path())
+
+    @staticmethod
+    def _snap_key(name: bytes, tag: str) -> str:
+        return base64.b64encode(name).decode() + "/" + tag
+
+    async def snapshot(self, name: bytes, tag: str) -> None:
+        self.calls += 1
+        src = self._path(name, "snapshot")
+        snaps = self._load_snaps()
+        key = self._snap_key(name, tag)
+        if key in snaps:
+            raise Exists("snapshot", name, f"tag {tag} is existed")
+        dst = self.root / f"{src.stem}-{tag.encode().hex()}.snap"
+        await trio.to_thread.run_sync(_sparse_copy, src, dst)
+        snaps[key] = dst.name
+        self._save_snaps(snaps)
+
+    async def clone(self, name: bytes, tag: str, new_name: bytes) -> None:
+        self.calls += 1
+        _check_name("clone", new_name)
+        snap = self._load_snaps().get(self._snap_key(name, tag))
+        if snap is None:
+            raise NotFound("clone", name, f"Failed to find requested tag {tag}")
+        index = self._load()
+        if new_name in index:
+            raise Exists("clone", new_name, "VDI exists already")
+        vid = max((e["vid"] for e in index.values()), default=0) + 1
+        dst = self.root / f"{vid:06x}.img"
+        await trio.to_thread.run_sync(_sparse_copy, self.root / snap, dst)
+        index[new_name] = {"file": dst.name, "ctime": int(time.time()), "vid": vid}
+        self._save(index)
+
+    async def delete_snapshot(self, name: bytes, tag: str) -> None:
+        self.calls += 1
+        snaps = self._load_snaps()
+        snap = snaps.pop(self._snap_key(name, tag), None)
+        if snap is None:
+            raise NotFound("delete snapshot", name, f"Failed to find requested tag {tag}")
+        self._save_snaps(snaps)
+        (self.root / snap).unlink()
+
+    async def statfs(self) -> FsStats:
+        st = os.statvfs(self.root)
+        total = st.f_blocks * st.f_frsize
+        avail = st.f_bavail * st.f_frsize
+        return FsStats(total=total, used=total - st.f_bfree * st.f_frsize, avail=avail)
+
+
+def _check_name(op: str, name: bytes) -> None:
+    if not name or b"\0" in name:
+        raise InvalidArgument(op, name, "a VDI name is 1 to 255 bytes without NUL")
+    if len(name) > MAX_NAME_LEN:
+        raise NameTooLong(op, name, f"VDI names are limited to {MAX_NAME_LEN} bytes")
+
+
+def _pwrite_clipped(path: Path, name: bytes, offset: int, data: bytes) -> None:
+    """Write like ``dog vdi write``: never past the end of the VDI."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if offset > size:
+            raise InvalidArgument("write", name, "Write offset is beyond the end of the VDI")
+        view = memoryview(data)[: max(0, size - offset)]
+        done = 0
+        while done < len(view):
+            try:
+                done += os.pwrite(fd, view[done:], offset + done)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise NoSpace("write", name, "no space left in the local store") from None
+                raise
+    finally:
+        os.close(fd)
+
+
+def _sparse_copy(src: Path, dst: Path) -> None:
+    """Copy only the allocated extents, so a copy of a thin image stays thin."""
+    with open(src, "rb") as s, open(dst, "wb") as d:
+        size = os.fstat(s.fileno()).st_size
+        d.truncate(size)
+        pos = 0
+        while pos < size:
+            try:
+                data = os.lseek(s.fileno(), pos, os.SEEK_DATA)
+            except OSError:
+                break
+            hole = min(os.lseek(s.fileno(), data, os.SEEK_HOLE), size)
+            while data < hole:
+                piece = os.pread(s.fileno(), min(hole - data, _OBJECT), data)
+                os.pwrite(d.fileno(), piece, data)
+                data += len(piece)
+            pos = hole
+
+
+def _allocated_objects(path: Path, size: int) -> int:
+    """Objects holding any allocated extent (what Sheepdog would count as used)."""
+    seen: set[int] = set()
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        pos = 0
+        while pos < size:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break
+            hole = min(os.lseek(fd, data, os.SEEK_HOLE), size)
+            seen.update(range(data // _OBJECT, (hole - 1) // _OBJECT + 1))
+            pos = hole
+    return len(seen)

@@ -1,0 +1,230 @@
+"""The chunk cache: object-aligned chunks of live VDIs, one LRU budget for all files.
+
+Chunks are aligned to the VDI's object size because that is Sheepdog's unit of allocation
+and of its first-write race (cli-facts 0.2). Writes land in the cache and are written back
+on flush, fsync, release and eviction, with contiguous dirty ranges across chunks merged
+into one long ``write`` each. All write-back of a file runs under that file's lock, so at
+most one write is ever in flight per chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from .backends.base import Backend
+
+log = logging.getLogger(__name__)
+
+
+class CachedFile(Protocol):
+    """What the cache needs to know about a live file."""
+
+    id: int
+    name: bytes
+    size: int  # the file's size as the user sees it
+    backend_size: int  # the VDI's size in the backend
+    object_size: int
+    lock: trio.Lock
+
+    async def before_writeback(self) -> None:
+        """Make the VDI large enough for everything dirty (resize it)."""
+
+
+def _add_range(ranges: list[tuple[int, int]], a: int, b: int) -> list[tuple[int, int]]:
+    """Merge ``[a, b)`` into sorted, disjoint ``ranges``."""
+    out: list[tuple[int, int]] = []
+    for x, y in ranges:
+        if y < a or x > b:
+            out.append((x, y))
+        else:
+            a, b = min(a, x), max(b, y)
+    out.append((a, b))
+    out.sort()
+    return out
+
+
+@dataclass(eq=False)
+class Chunk:
+    file: CachedFile
+    index: int
+    data: bytearray = field(default_factory=bytearray)
+    loaded: bool = False
+    dirty: list[tuple[int, int]] = field(default_factory=list)
+    loading: trio.Event | None = None
+
+    @property
+    def start(self) -> int:
+        return self.index * self.file.object_size
+
+    def put(self, offset: int, data: bytes | memoryview) -> None:
+        end = offset + len(data)
+        if len(self.data) < end:
+            self.data.extend(bytes(end - len(self.data)))
+        self.data[offset:end] = data
+        self.dirty = _add_range(self.dirty, offset, end)
+
+    def get(self, offset: int, size: int) -> bytes:
+        piece = bytes(self.data[offset : offset + size])
+        return piece + bytes(size - len(piece))
+
+
+class ChunkCache:
+    def __init__(self, backend: Backend, budget: int) -> None:
+        self.backend = backend
+        self.budget = budget
+        self._lru: OrderedDict[tuple[int, int], Chunk] = OrderedDict()
+        self._by_file: dict[int, dict[int, Chunk]] = {}
+        self.used = 0
+        self.bytes_written = 0
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _lookup(self, f: CachedFile, index: int) -> Chunk | None:
+        chunk = self._lru.get((f.id, index))
+        if chunk is not None:
+            self._lru.move_to_end((f.id, index))
+        return chunk
+
+    def _new(self, f: CachedFile, index: int) -> Chunk:
+        chunk = Chunk(f, index)
+        self._lru[(f.id, index)] = chunk
+        self._by_file.setdefault(f.id, {})[index] = chunk
+        self.used += f.object_size
+        return chunk
+
+    def _forget(self, chunk: Chunk) -> None:
+        key = (chunk.file.id, chunk.index)
+        if self._lru.get(key) is chunk:
+            del self._lru[key]
+            per_file = self._by_file[chunk.file.id]
+            del per_file[chunk.index]
+            if not per_file:
+                del self._by_file[chunk.file.id]
+            self.used -= chunk.file.object_size
+
+    async def _make_room(self, need: int) -> None:
+        """Evict least recently used chunks until ``need`` more bytes fit the budget."""
+        while self.used + need > self.budget:
+            victim = next(
+                (c for c in self._lru.values() if c.loading is None and not c.dirty), None
+            )
+            if victim is None:
+                victim = next((c for c in self._lru.values() if c.loading is None), None)
+                if victim is None:
+                    return  # everything is being loaded: overshoot briefly
+                await self.flush(victim.file)  # raises if the data cannot be written
+                continue
+            self._forget(victim)
+
+    async def _loaded(self, f: CachedFile, index: int) -> Chunk:
+        """The chunk with its backend content (under any dirty bytes), fetched at most once."""
+        while True:
+            chunk = self._lookup(f, index)
+            if chunk is None:
+                await self._make_room(f.object_size)
+                chunk = self._lookup(f, index) or self._new(f, index)
+            if chunk.loaded:
+                return chunk
+            if chunk.loading is not None:
+                await chunk.loading.wait()
+                continue
+            chunk.loading = trio.Event()
+            try:
+                length = max(0, min(f.object_size, f.backend_size - chunk.start))
+                fetched = await self.backend.read(f.name, chunk.start, length) if length else b""
+            finally:
+                chunk.loading.set()
+                chunk.loading = None
+            merged = bytearray(fetched)
+            if len(merged) < len(chunk.data):
+                merged.extend(bytes(len(chunk.data) - len(merged)))
+            for a, b in chunk.dirty:
+                merged[a:b] = chunk.data[a:b]
+            chunk.data = merged
+            chunk.loaded = True
+            return chunk
+
+    # -- the data path -----------------------------------------------------------------------
+
+    async def read(self, f: CachedFile, offset: int, size: int) -> bytes:
+        end = min(offset + size, f.size)
+        pieces = []
+        pos = offset
+        while pos < end:
+            index, within = divmod(pos, f.object_size)
+            n = min(end - pos, f.object_size - within)
+            chunk = await self._loaded(f, index)
+            pieces.append(chunk.get(within, n))
+            pos += n
+        return b"".join(pieces)
+
+    async def write(self, f: CachedFile, offset: int, data: bytes) -> None:
+        """Put ``data`` in the cache; the caller has already grown ``f.size`` to cover it."""
+        view = memoryview(data)
+        pos = 0
+        while pos < len(view):
+            index, within = divmod(offset + pos, f.object_size)
+            n = min(len(view) - pos, f.object_size - within)
+            chunk = self._lookup(f, index)
+            if chunk is None:
+                await self._make_room(f.object_size)
+                chunk = self._lookup(f, index) or self._new(f, index)
+            chunk.put(within, view[pos : pos + n])  # no await between lookup and put
+            pos += n
+
+    def is_dirty(self, f: CachedFile) -> bool:
+        return any(c.dirty for c in self._by_file.get(f.id, {}).values())
+
+    async def flush(self, f: CachedFile) -> None:
+        """Write every dirty byte of ``f`` back, one ``write`` per contiguous run."""
+        async with f.lock:
+            chunks = sorted(
+                (c for c in self._by_file.get(f.id, {}).values() if c.dirty),
+                key=lambda c: c.index,
+            )
+            if not chunks:
+                return
+            await f.before_writeback()
+            runs: list[tuple[int, list[tuple[Chunk, int, int]]]] = []
+            for chunk in chunks:
+                for a, b in chunk.dirty:
+                    if runs:
+                        start, parts = runs[-1]
+                        last_chunk, _, last_b = parts[-1]
+                        if last_chunk.start + last_b == chunk.start + a:
+                            parts.append((chunk, a, b))
+                            continue
+                    runs.append((chunk.start + a, [(chunk, a, b)]))
+                chunk.dirty = []
+            for i, (start, parts) in enumerate(runs):
+                data = b"".join(bytes(c.data[a:b]) for c, a, b in parts)
+                try:
+                    await self.backend.write(f.name, start, data)
+                except BaseException:
+                    for _, failed in runs[i:]:
+                        for c, a, b in failed:
+                            c.dirty = _add_range(c.dirty, a, b)
+                    raise
+                self.bytes_written += len(data)
+
+    def discard(self, f: CachedFile) -> None:
+        """Drop ``f``'s clean chunks (the VDI may change under us once nobody has it open)."""
+        for chunk in list(self._by_file.get(f.id, {}).values()):
+            if not chunk.dirty and chunk.loading is None:
+                self._forget(chunk)
+
+    def truncate(self, f: CachedFile, size: int) -> None:
+        """Forget cached bytes at and past ``size`` (the file shrank)."""
+        for chunk in list(self._by_file.get(f.id, {}).values()):
+            cut = size - chunk.start
+            if cut <= 0:
+                chunk.dirty = []
+                self._forget(chunk)
+            elif cut < len(chunk.data):
+                del chunk.data[cut:]
+                chunk.dirty = [(a, min(b, cut)) for a, b in chunk.dirty if a < cut]

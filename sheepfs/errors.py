@@ -1,0 +1,74 @@
+"""Backend errors and their one mapping to errno.
+
+Backends raise these; only :func:`errno_for` turns them into what the kernel sees, so the
+mapping lives in exactly one place.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class BackendError(Exception):
+    """A storage operation failed. ``op`` and ``name`` say what and on which VDI."""
+
+    errno = errno.EIO
+
+    def __init__(self, op: str, name: bytes | None = None, detail: str = "") -> None:
+        self.op = op
+        self.name = name
+        self.detail = detail.strip()
+        super().__init__(op, name, detail)
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def describe(self) -> str:
+        who = f" {self.name.decode(errors='backslashreplace')!r}" if self.name is not None else ""
+        why = f": {self.detail}" if self.detail else ""
+        return f"{self.op}{who} failed{why}"
+
+
+class NotFound(BackendError):
+    errno = errno.ENOENT
+
+
+class Exists(BackendError):
+    errno = errno.EEXIST
+
+
+class NoSpace(BackendError):
+    errno = errno.ENOSPC
+
+
+class TooLarge(BackendError):
+    errno = errno.EFBIG
+
+
+class NameTooLong(BackendError):
+    errno = errno.ENAMETOOLONG
+
+
+class InvalidArgument(BackendError):
+    errno = errno.EINVAL
+
+
+class Unavailable(BackendError):
+    """The cluster cannot be reached, is not formatted, or the CLI is missing."""
+
+    errno = errno.EIO
+
+
+class Timeout(BackendError):
+    """The CLI did not answer within the timeout and was killed."""
+
+    errno = errno.EIO
+
+
+def errno_for(exc: BaseException) -> int:
+    """The errno the kernel should see for ``exc`` (EIO for anything unexpected)."""
+    if isinstance(exc, BackendError):
+        return exc.errno
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO

@@ -1,0 +1,436 @@
+"""File state: one object per VDI that is open (or being created), and what it takes to
+move its data into Sheepdog.
+
+A *live* file is an existing VDI: reads and writes go through the chunk cache. A *staged*
+file is new: its bytes live in a spool file, and the VDI is created with the final size
+when the file is closed, after which only the objects holding data are written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from .backends.base import DEFAULT_BLOCK_SIZE_SHIFT, MAX_OBJECTS, Backend, VdiInfo
+from .cache import ChunkCache
+from .catalog import Catalog
+from .errors import BackendError, TooLarge
+from .staging import Spool, StagedFile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class VdiFile:
+    """The state of one file. ``id`` is its inode number."""
+
+    id: int
+    name: bytes
+    size: int
+    backend_size: int
+    block_size_shift: int
+    ctime: int
+    used: int
+    exists: bool  # the VDI is in Sheepdog
+    files: Files
+    staged: StagedFile | None = None
+    stage_dirty: bool = False  # spool data not yet (fully) in Sheepdog
+    fresh: bool = False  # VDI made by us and never fully written: unwritten parts are zero
+    touched: set[int] = field(default_factory=set)  # objects written since the last upload
+    opens: int = 0
+    unlinked: bool = False
+    replace: bool = False  # the VDI ``name`` holds old data the staged file replaces
+    old_snapshot: str | None = None  # where that old data waits while it is replaced
+    lock: trio.Lock = field(default_factory=trio.Lock)
+
+    @property
+    def object_size(self) -> int:
+        return 1 << self.block_size_shift
+
+    @property
+    def max_size(self) -> int:
+        return self.object_size * MAX_OBJECTS
+
+    async def before_writeback(self) -> None:
+        if self.size > self.backend_size:
+            await self.files.backend.resize(self.name, self.size)
+            self.backend_size = self.size
+            self.files.record(self)
+
+    def info(self) -> VdiInfo:
+        return VdiInfo(
+            name=self.name,
+            kind="=",
+            snap_id=0,
+            size=self.size,
+            used=self.used,
+            shared=0,
+            ctime=self.ctime,
+            vid=0,
+            copies="",
+            tag=b"",
+            block_size_shift=self.block_size_shift,
+        )
+
+
+class Files:
+    """Open files by inode, and the operations that move their data."""
+
+    def __init__(self, backend: Backend, catalog: Catalog, cache: ChunkCache, spool: Spool):
+        self.backend = backend
+        self.catalog = catalog
+        self.cache = cache
+        self.spool = spool
+        self.by_id: dict[int, VdiFile] = {}
+        self.uploaded = 0
+        self.errors = 0
+
+    def record(self, f: VdiFile) -> None:
+        """Tell the listing about a VDI we created or grew."""
+        if f.exists and not f.unlinked:
+            self.catalog.put(f.info())
+
+    # -- opening -------------------------------------------------------------------------
+
+    def open_live(self, ino: int, info: VdiInfo) -> VdiFile:
+        f = self.by_id.get(ino)
+        if f is None:
+            f = VdiFile(
+                id=ino,
+                name=info.name,
+                size=info.size,
+                backend_size=info.size,
+                block_size_shift=info.block_size_shift,
+                ctime=info.ctime,
+                used=info.used,
+                exists=True,
+                files=self,
+            )
+            self.by_id[ino] = f
+        f.opens += 1
+        return f
+
+    def create(self, ino: int, name: bytes) -> VdiFile:
+        f = VdiFile(
+            id=ino,
+            name=name,
+            size=0,
+            backend_size=0,
+            block_size_shift=DEFAULT_BLOCK_SIZE_SHIFT,
+            ctime=int(time.time()),
+            used=0,
+            exists=False,
+            files=self,
+            staged=self.spool.new(name),
+            stage_dirty=True,
+            opens=1,
+        )
+        self.by_id[ino] = f
+        return f
+
+    def adopt(self, ino: int, staged: StagedFile) -> VdiFile:
+        """Take over a spool file left by an earlier run, to upload it."""
+        f = VdiFile(
+            id=ino,
+            name=staged.vdi_name,
+            size=staged.size,
+            backend_size=0,
+            block_size_shift=DEFAULT_BLOCK_SIZE_SHIFT,
+            ctime=int(time.time()),
+            used=0,
+            exists=False,
+            files=self,
+            staged=staged,
+            stage_dirty=True,
+        )
+        self.by_id[ino] = f
+        return f
+
+    # -- data ----------------------------------------------------------------------------
+
+    async def read(self, f: VdiFile, offset: int, size: int) -> bytes:
+        if f.staged is not None:
+            return f.staged.pread(offset, size)
+        return await self.cache.read(f, offset, size)
+
+    async def write(self, f: VdiFile, offset: int, data: bytes) -> int:
+        end = offset + len(data)
+        if end > f.max_size:
+            raise TooLarge("write", f.name, f"the VDI size limit is {f.max_size} bytes")
+        if f.staged is not None:
+            f.staged.pwrite(offset, data)
+            f.stage_dirty = True
+            first, last = offset // f.object_size, max(offset, end - 1) // f.object_size
+            f.touched.update(range(first, last + 1))
+            f.size = max(f.size, end)
+            return len(data)
+        f.size = max(f.size, end)
+        await self.cache.write(f, offset, data)
+        return len(data)
+
+    async def truncate(self, f: VdiFile, size: int) -> None:
+        if size > f.max_size:
+            raise TooLarge("truncate", f.name, f"the VDI size limit is {f.max_size} bytes")
+        if f.staged is not None:
+            old = f.size
+            f.staged.truncate(size)
+            f.size = size
+            f.stage_dirty = True
+            if size < old:
+                f.touched.update(range(size // f.object_size, (old - 1) // f.object_size + 1))
+            return
+        if size < f.size:
+            await self._stage_existing(f, size)
+            return
+        async with f.lock:
+            f.size = size
+            await f.before_writeback()
+
+    async def _stage_existing(self, f: VdiFile, keep: int) -> None:
+        """Shrink a live file: stage its first ``keep`` bytes to replace the VDI at upload.
+
+        Sheepdog cannot shrink a VDI, so the shorter file becomes a new VDI of the same name
+        (see :meth:`_upload`). Holes and zero objects are not copied, so ``O_TRUNC`` (keep=0)
+        costs nothing here.
+        """
+        staged = self.spool.new(f.name)
+        try:
+            pos = 0
+            while pos < keep:
+                n = min(f.object_size - pos % f.object_size, keep - pos)
+                data = await self.cache.read(f, pos, n)
+                if data.count(0) != len(data):
+                    staged.pwrite(pos, data)
+                pos += n
+            staged.truncate(keep)
+        except BaseException:
+            staged.remove()
+            raise
+        self.cache.truncate(f, 0)  # dirty bytes below ``keep`` are in the spool now
+        f.staged = staged
+        f.replace = True
+        f.stage_dirty = True
+        f.fresh = False
+        f.touched = set()
+        f.size = keep
+        log.debug("staged %r (%d bytes kept) to replace its VDI", f.name, keep)
+
+    # -- moving data into Sheepdog -------------------------------------------------------
+
+    def has_pending(self, f: VdiFile) -> bool:
+        if f.unlinked:
+            return False
+        if f.staged is not None:
+            return f.stage_dirty
+        return self.cache.is_dirty(f)
+
+    async def sync(self, f: VdiFile) -> None:
+        """Make Sheepdog hold everything written to ``f`` so far."""
+        if f.unlinked:
+            return
+        if f.staged is not None:
+            await self._upload(f)
+        else:
+            await self.cache.flush(f)
+
+    async def _upload(self, f: VdiFile) -> None:
+        """Create the VDI with the staged file's size if needed, then write its data."""
+        staged = f.staged
+        assert staged is not None
+        async with f.lock:
+            if not f.stage_dirty or f.unlinked:
+                return
+            f.stage_dirty = False
+            touched, f.touched = f.touched, set()
+            size = staged.size
+            try:
+                if f.replace:
+                    await self._set_old_aside(f)
+                if not f.exists:
+                    await self.backend.create(f.name, size)
+                    f.exists = True
+                    f.fresh = True
+                    f.backend_size = size
+                    self.record(f)
+                elif size < f.backend_size:
+                    raise BackendError("upload", f.name, "Sheepdog cannot shrink a VDI")
+                elif size > f.backend_size:
+                    await self.backend.resize(f.name, size)
+                    f.backend_size = size
+                    self.record(f)
+                if f.fresh:
+                    runs = await trio.to_thread.run_sync(
+                        lambda: list(staged.data_runs(f.object_size))
+                    )
+                else:
+                    runs = _object_runs(touched, f.object_size, size)
+                for offset, length in runs:
+                    await self.backend.write_from_file(
+                        f.name, offset, length, str(staged.path), offset
+                    )
+                    self.uploaded += length
+                if f.fresh:
+                    f.used = sum(-(-n // f.object_size) for _, n in runs) * f.object_size
+                f.fresh = False
+                self.record(f)
+                log.debug("uploaded %r: %d bytes in %d runs", f.name, size, len(runs))
+            except BaseException as e:
+                f.stage_dirty = True
+                f.touched |= touched
+                if isinstance(e, BackendError):
+                    e.detail += f"; the new data is kept in {staged.path}"
+                    if f.old_snapshot:
+                        e.detail += (
+                            f"; the old data is in snapshot {f.old_snapshot} of this VDI"
+                            f" (dog vdi clone -s {f.old_snapshot} NAME NEWNAME restores it)"
+                        )
+                raise
+            if f.old_snapshot:
+                await self._drop_snapshot(f.name, f.old_snapshot)
+                f.old_snapshot = None
+
+    async def _set_old_aside(self, f: VdiFile) -> None:
+        """Move the VDI's old data into a snapshot and delete the working VDI.
+
+        The snapshot keeps the old data reachable until the new VDI holds the new data, so
+        at no moment are both gone.
+        """
+        if f.old_snapshot is None:
+            tag = _tag("old")
+            await self.backend.snapshot(f.name, tag)
+            f.old_snapshot = tag
+            log.info(
+                "replacing %r: its old data is in snapshot %s until the new data is in", f.name, tag
+            )
+        await self.backend.delete(f.name)
+        self.catalog.remove(f.name)
+        f.replace = False
+        f.exists = False
+
+    async def _drop_snapshot(self, name: bytes, tag: str) -> None:
+        try:
+            await self.backend.delete_snapshot(name, tag)
+        except BackendError as e:
+            log.warning("could not delete snapshot %s of %r (delete it by hand): %s", tag, name, e)
+
+    async def rename(
+        self,
+        src: bytes,
+        dst: bytes,
+        src_file: VdiFile | None,
+        dst_file: VdiFile | None,
+        src_info: VdiInfo | None,
+        dst_exists: bool,
+    ) -> VdiFile | None:
+        """Give ``src`` the name ``dst``, replacing ``dst`` if it exists.
+
+        A file that is only staged just changes its name (free). A VDI is renamed without
+        copying data: snapshot, clone the snapshot under the new name, delete the old VDI,
+        drop the snapshot (cli-facts 4.9: clones outlive their source snapshot).
+        """
+        if dst_file is not None and dst_file is not src_file:
+            dst_file.unlinked = True
+        if src_file is not None and src_file.staged is not None and not src_file.exists:
+            src_file.name = dst
+            src_file.staged.rename(dst)
+            if dst_exists:
+                src_file.replace = True
+                src_file.exists = True
+            return src_file
+        if src_file is not None:
+            await self.sync(src_file)
+        tag = _tag("mv")
+        await self.backend.snapshot(src, tag)
+        dst_tag = None
+        try:
+            if dst_exists:
+                dst_tag = _tag("old")
+                await self.backend.snapshot(dst, dst_tag)
+                await self.backend.delete(dst)
+                self.catalog.remove(dst)
+            await self.backend.clone(src, tag, dst)
+        except BaseException:
+            if dst_tag is not None:
+                log.error(
+                    "rename %r -> %r failed; the old %r is in its snapshot %s",
+                    src,
+                    dst,
+                    dst,
+                    dst_tag,
+                )
+            await self._drop_snapshot(src, tag)
+            raise
+        await self.backend.delete(src)
+        self.catalog.remove(src)
+        await self._drop_snapshot(src, tag)
+        if dst_tag is not None:
+            await self._drop_snapshot(dst, dst_tag)
+        if src_file is not None:
+            src_file.name = dst
+            if src_file.staged is not None:
+                src_file.staged.rename(dst)
+            self.record(src_file)
+        elif src_info is not None:
+            self.catalog.put(dataclasses.replace(src_info, name=dst, kind="c"))
+        return src_file
+
+    async def release(self, f: VdiFile) -> None:
+        """The last close: upload what is left; drop the spool file once Sheepdog has it."""
+        f.opens -= 1
+        if f.opens > 0:
+            return
+        try:
+            if self.has_pending(f):
+                await self.sync(f)
+        finally:
+            if f.opens == 0 and not self.has_pending(f):
+                self.forget(f)
+
+    def forget(self, f: VdiFile) -> None:
+        if f.staged is not None:
+            f.staged.remove()
+            f.staged = None
+        self.cache.discard(f)
+        if self.by_id.get(f.id) is f:
+            del self.by_id[f.id]
+
+    async def sync_all(self) -> bool:
+        """Write every pending byte of every file; False if any could not be saved."""
+        ok = True
+        for f in list(self.by_id.values()):
+            if not self.has_pending(f):
+                continue
+            try:
+                await self.sync(f)
+            except BackendError as e:
+                log.error("%s", e)
+                self.errors += 1
+                ok = False
+            if f.opens == 0 and not self.has_pending(f):
+                self.forget(f)
+        return ok
+
+
+def _tag(purpose: str) -> str:
+    """A snapshot tag of our own: never all digits (dog refuses those), unlikely to clash."""
+    return f"sheepfs-{purpose}-{int(time.time())}-{secrets.token_hex(4)}"
+
+
+def _object_runs(objects: set[int], object_size: int, size: int) -> list[tuple[int, int]]:
+    """Merge object indexes into ``(offset, length)`` runs clipped to ``size``."""
+    runs: list[tuple[int, int]] = []
+    for index in sorted(objects):
+        start = index * object_size
+        if start >= size:
+            continue
+        end = min(start + object_size, size)
+        if runs and runs[-1][0] + runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], end - runs[-1][0])
+        else:
+            runs.append((start, end - start))
+    return runs

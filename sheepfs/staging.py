@@ -1,0 +1,171 @@
+"""The spool: new files live here, on local disk, until their VDI holds the data.
+
+Sheepdog fixes a VDI's size at creation, so a new file is written to a sparse spool file and
+its VDI is created with the final size when the file is closed. Each spool file has a small
+JSON sidecar naming its VDI, so data left behind by a crash can be found and named later.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import json
+import logging
+import os
+import stat
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class SpoolError(Exception):
+    """The spool directory is unusable (wrong owner or mode, not a directory)."""
+
+
+def default_spool_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/cache/sheepfs")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sheepfs"
+
+
+@dataclass
+class StagedFile:
+    """One spool file: a sparse local copy of a file that is not (fully) in Sheepdog yet."""
+
+    path: Path
+    meta_path: Path
+    vdi_name: bytes
+    fd: int
+
+    @property
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def pread(self, offset: int, size: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def pwrite(self, offset: int, data: bytes) -> int:
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self.fd, view[done:], offset + done)
+        return done
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+
+    def fsync(self) -> None:
+        os.fsync(self.fd)
+
+    def rename(self, vdi_name: bytes) -> None:
+        self.vdi_name = vdi_name
+        _write_meta(self.meta_path, vdi_name)
+
+    def data_runs(self, object_size: int) -> Iterator[tuple[int, int]]:
+        """Object-aligned ``(offset, length)`` runs holding non-zero bytes.
+
+        Holes are skipped with SEEK_DATA/SEEK_HOLE, objects of explicit zeros by looking at
+        them, and neighbouring non-zero objects are merged so each run costs one upload.
+        Runs are clipped to the file size. CPU-heavy: call it from a worker thread.
+        """
+        size = self.size
+        zero = bytes(object_size)
+        run_start = run_end = -1
+        for obj_start in _data_objects(self.fd, size, object_size):
+            length = min(object_size, size - obj_start)
+            if os.pread(self.fd, length, obj_start) == zero[:length]:
+                continue
+            if obj_start == run_end:
+                run_end = obj_start + length
+                continue
+            if run_start >= 0:
+                yield run_start, run_end - run_start
+            run_start, run_end = obj_start, obj_start + length
+        if run_start >= 0:
+            yield run_start, run_end - run_start
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def remove(self) -> None:
+        """Drop the spool file: only once its data is safely in Sheepdog (or unwanted)."""
+        self.close()
+        for p in (self.path, self.meta_path):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _data_objects(fd: int, size: int, object_size: int) -> Iterator[int]:
+    """Start offsets of the objects that hold any allocated (data) extent."""
+    pos = 0
+    last = -object_size
+    while pos < size:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                return
+            raise
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), size)
+        first = data // object_size * object_size
+        for obj in range(max(first, last + object_size), hole, object_size):
+            yield obj
+            last = obj
+        pos = hole
+
+
+def _write_meta(meta_path: Path, vdi_name: bytes) -> None:
+    tmp = meta_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"vdi": base64.b64encode(vdi_name).decode()}))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, meta_path)
+
+
+@dataclass
+class Spool:
+    """The spool directory: 0700, owned by the mounting user, refused otherwise."""
+
+    root: Path
+
+    def prepare(self) -> None:
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(self.root)
+        if not stat.S_ISDIR(st.st_mode):
+            raise SpoolError(f"spool {self.root} is not a directory")
+        if st.st_uid != os.geteuid():
+            raise SpoolError(f"spool {self.root} is owned by uid {st.st_uid}, not by us")
+        if st.st_mode & 0o077:
+            raise SpoolError(
+                f"spool {self.root} has mode {stat.S_IMODE(st.st_mode):o}; it must be 0700 "
+                "(it holds users' data)"
+            )
+
+    def new(self, vdi_name: bytes) -> StagedFile:
+        stem = uuid.uuid4().hex
+        path = self.root / f"{stem}.data"
+        meta = self.root / f"{stem}.json"
+        _write_meta(meta, vdi_name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        return StagedFile(path=path, meta_path=meta, vdi_name=vdi_name, fd=fd)
+
+    def leftovers(self) -> list[StagedFile]:
+        """Spool files left by an earlier run (crash or failed upload), opened again."""
+        found = []
+        for meta in sorted(self.root.glob("*.json")):
+            path = meta.with_suffix(".data")
+            try:
+                name = base64.b64decode(json.loads(meta.read_text())["vdi"])
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except (OSError, ValueError, KeyError) as e:
+                log.error("spool: cannot use leftover %s: %s", meta, e)
+                continue
+            found.append(StagedFile(path=path, meta_path=meta, vdi_name=name, fd=fd))
+        return found
