@@ -73,14 +73,63 @@ class Chunk:
         return piece + bytes(size - len(piece))
 
 
+@dataclass(eq=False)
+class Stream:
+    """One long backend read feeding a sequential reader's chunks ahead of it."""
+
+    file: CachedFile
+    start: int
+    end: int
+    filled: int = 0  # bytes from ``start`` already in the cache
+    reader: int = 0  # where the reader has got to
+    done: bool = False
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    progress: trio.Event = field(default_factory=trio.Event)
+    reader_moved: trio.Event = field(default_factory=trio.Event)
+
+    def covers(self, offset: int) -> bool:
+        """Whether the stream will still deliver ``offset``."""
+        return not self.done and self.start + self.filled <= offset < self.end
+
+    def advanced(self) -> None:
+        self.progress.set()
+        self.progress = trio.Event()
+
+    def stop(self) -> None:
+        self.done = True
+        self.scope.cancel()
+        self.advanced()
+
+
+def _fill(chunk: Chunk, fetched: bytearray) -> None:
+    """Make ``fetched`` (backend content) the chunk's data, keeping its dirty bytes on top."""
+    if len(fetched) < len(chunk.data):
+        fetched.extend(bytes(len(chunk.data) - len(fetched)))
+    for a, b in chunk.dirty:
+        fetched[a:b] = chunk.data[a:b]
+    chunk.data = fetched
+    chunk.loaded = True
+
+
 class ChunkCache:
+    """Chunks of live files under one byte budget; see the module docstring."""
+
+    #: Sequential reads in a row before a file gets a stream.
+    STREAM_AFTER = 2
+    #: How far a stream may run ahead of its reader, at most.
+    MAX_AHEAD = 64 << 20
+
     def __init__(self, backend: Backend, budget: int) -> None:
         self.backend = backend
         self.budget = budget
         self._lru: OrderedDict[tuple[int, int], Chunk] = OrderedDict()
         self._by_file: dict[int, dict[int, Chunk]] = {}
+        self._streams: dict[int, Stream] = {}
+        self._seq: dict[int, tuple[int, int]] = {}  # file id -> (next offset, reads in a row)
         self.used = 0
         self.bytes_written = 0
+        #: Where streams run; set by the daemon. Without it there is no streaming.
+        self.nursery: trio.Nursery | None = None
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -125,6 +174,12 @@ class ChunkCache:
         """The chunk with its backend content (under any dirty bytes), fetched at most once."""
         while True:
             chunk = self._lookup(f, index)
+            if chunk is not None and chunk.loaded:
+                return chunk
+            stream = self._streams.get(f.id)
+            if stream is not None and stream.covers(index * f.object_size):
+                await stream.progress.wait()
+                continue
             if chunk is None:
                 await self._make_room(f.object_size)
                 chunk = self._lookup(f, index) or self._new(f, index)
@@ -140,19 +195,97 @@ class ChunkCache:
             finally:
                 chunk.loading.set()
                 chunk.loading = None
-            merged = bytearray(fetched)
-            if len(merged) < len(chunk.data):
-                merged.extend(bytes(len(chunk.data) - len(merged)))
-            for a, b in chunk.dirty:
-                merged[a:b] = chunk.data[a:b]
-            chunk.data = merged
-            chunk.loaded = True
+            _fill(chunk, bytearray(fetched))
             return chunk
+
+    # -- streaming for sequential readers ----------------------------------------------------
+
+    def _note_read(self, f: CachedFile, offset: int, end: int) -> None:
+        """Track sequential reading; start a stream for it, stop one a seek left behind."""
+        expected, in_a_row = self._seq.get(f.id, (-1, 0))
+        in_a_row = in_a_row + 1 if offset == expected else 0
+        self._seq[f.id] = (end, in_a_row)
+        stream = self._streams.get(f.id)
+        if stream is not None:
+            if stream.done or not stream.start <= offset <= stream.start + stream.filled + (
+                self._ahead(f)
+            ):
+                stream.stop()
+                del self._streams[f.id]
+                stream = None
+            else:
+                stream.reader = max(stream.reader, end)
+                stream.reader_moved.set()
+                stream.reader_moved = trio.Event()
+        if stream is None and in_a_row >= self.STREAM_AFTER and self.nursery is not None:
+            index = offset // f.object_size
+            chunks = self._by_file.get(f.id, {})
+            while index in chunks and chunks[index].loaded:
+                index += 1
+            start = index * f.object_size
+            if start < f.backend_size:
+                stream = Stream(f, start, f.backend_size, reader=end)
+                self._streams[f.id] = stream
+                self.nursery.start_soon(self._run_stream, stream)
+
+    def _ahead(self, f: CachedFile) -> int:
+        return max(f.object_size, min(self.MAX_AHEAD, self.budget // 2))
+
+    async def _run_stream(self, s: Stream) -> None:
+        f = s.file
+        size = f.object_size
+        try:
+            with s.scope:
+                async with self.backend.read_stream(f.name, s.start, s.end - s.start) as pieces:
+                    pos = s.start
+                    buf = bytearray(min(size, s.end - pos))
+                    fill = 0
+                    async for piece in pieces:
+                        view = memoryview(piece)
+                        while view:
+                            n = min(len(view), len(buf) - fill)
+                            buf[fill : fill + n] = view[:n]
+                            fill += n
+                            view = view[n:]
+                            if fill < len(buf):
+                                continue
+                            await self._install(f, pos // size, buf)
+                            pos += len(buf)
+                            s.filled = pos - s.start
+                            s.advanced()
+                            if pos >= s.end:
+                                return
+                            buf = bytearray(min(size, s.end - pos))
+                            fill = 0
+                            while s.filled - (s.reader - s.start) > self._ahead(f):
+                                await s.reader_moved.wait()
+        except Exception as e:  # a failed read-ahead only costs speed: readers fetch chunks
+            log.warning("read-ahead of %r stopped: %s", f.name, e)  # readers fetch chunks
+        finally:
+            s.done = True
+            s.advanced()
+            if self._streams.get(f.id) is s:
+                del self._streams[f.id]
+
+    async def _install(self, f: CachedFile, index: int, data: bytearray) -> None:
+        chunk = self._lookup(f, index)
+        if chunk is None:
+            await self._make_room(f.object_size)
+            chunk = self._lookup(f, index) or self._new(f, index)
+        if not chunk.loaded and chunk.loading is None:
+            _fill(chunk, data)
+
+    def _stop_stream(self, f: CachedFile) -> None:
+        stream = self._streams.pop(f.id, None)
+        if stream is not None:
+            stream.stop()
+        self._seq.pop(f.id, None)
 
     # -- the data path -----------------------------------------------------------------------
 
     async def read(self, f: CachedFile, offset: int, size: int) -> bytes:
         end = min(offset + size, f.size)
+        self._note_read(f, offset, end)
         pieces = []
         pos = offset
         while pos < end:
@@ -214,12 +347,14 @@ class ChunkCache:
 
     def discard(self, f: CachedFile) -> None:
         """Drop ``f``'s clean chunks (the VDI may change under us once nobody has it open)."""
+        self._stop_stream(f)
         for chunk in list(self._by_file.get(f.id, {}).values()):
             if not chunk.dirty and chunk.loading is None:
                 self._forget(chunk)
 
     def truncate(self, f: CachedFile, size: int) -> None:
         """Forget cached bytes at and past ``size`` (the file shrank)."""
+        self._stop_stream(f)
         for chunk in list(self._by_file.get(f.id, {}).values()):
             cut = size - chunk.start
             if cut <= 0:

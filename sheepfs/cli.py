@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -29,30 +30,137 @@ log = logging.getLogger("sheepfs")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sheepfs",
-        description="Mount a Sheepdog cluster as a directory: every VDI is a regular file.",
+        usage="sheepfs [SOURCE] MOUNTPOINT [options] [-o OPT[,OPT...]]",
+        description=(
+            "Mount a Sheepdog cluster as a directory: every VDI is a regular file. "
+            "SOURCE is ADDR[:PORT] of a sheep (as mount(8) and fstab pass it) or local:DIR "
+            "for a directory of image files; every option also has an -o form "
+            "(-o cache_size=512M,allow_other)."
+        ),
     )
-    p.add_argument("mountpoint", help="directory to mount on")
-    p.add_argument("-a", "--address", default="127.0.0.1", help="sheep address (127.0.0.1)")
-    p.add_argument("-p", "--port", type=int, default=7000, help="sheep port (7000)")
-    p.add_argument("--dog", help="path of the dog (or collie) CLI; default: dog, else collie")
-    p.add_argument("--local", type=Path, metavar="DIR", help="use a directory of image files")
-    p.add_argument(
-        "-f", "--foreground", action="store_true", help="stay in the foreground until unmounted"
-    )
-    p.add_argument("--spool-dir", type=Path, help="where new files are staged until uploaded")
-    p.add_argument(
-        "--cache-size", type=parse_size, default=parse_size("256M"), help="chunk cache (256M)"
-    )
-    p.add_argument(
-        "--list-ttl", type=float, default=1.0, help="seconds a VDI listing is reused (1)"
-    )
-    p.add_argument(
+    p.add_argument("source_or_mountpoint", metavar="SOURCE", help=argparse.SUPPRESS)
+    p.add_argument("mountpoint", nargs="?", help=argparse.SUPPRESS)
+    g = p.add_argument_group("cluster")
+    g.add_argument("-a", "--address", help="sheep address (default 127.0.0.1)")
+    g.add_argument("-p", "--port", type=int, help="sheep port (default 7000)")
+    g.add_argument("--dog", help="path of the dog (or collie) CLI (default: dog, else collie)")
+    g.add_argument(
         "--timeout", type=float, default=60.0, help="seconds before a dog call is killed (60)"
     )
-    p.add_argument("--debug", action="store_true", help="log every operation")
-    p.add_argument("--log-file", type=Path, help="log here instead of stderr")
+    g.add_argument(
+        "--local", type=Path, metavar="DIR", help="no cluster: keep VDIs as image files in DIR"
+    )
+    g = p.add_argument_group("mount")
+    g.add_argument(
+        "-f", "--foreground", action="store_true", help="stay in the foreground until unmounted"
+    )
+    g.add_argument("--ro", action="store_true", help="read-only: writes fail with EROFS")
+    g.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let other users in (permissions are then checked by the kernel)",
+    )
+    g.add_argument("--uid", type=int, help="owner of the files (default: the mounting user)")
+    g.add_argument("--gid", type=int, help="group of the files (default: the mounting group)")
+    g.add_argument(
+        "--umask", type=lambda v: int(v, 8), help="mask for file modes, octal (default 022)"
+    )
+    g.add_argument(
+        "--attr-timeout", type=float, help="seconds the kernel caches attributes (= list TTL)"
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--spool-dir", type=Path, help="where new files wait until uploaded")
+    g.add_argument(
+        "--cache-size", type=parse_size, default=parse_size("256M"), help="chunk cache (256M)"
+    )
+    g.add_argument(
+        "--list-ttl", type=float, default=1.0, help="seconds a VDI listing is reused (1)"
+    )
+    g = p.add_argument_group("logging")
+    g.add_argument("--debug", action="store_true", help="log every operation")
+    g.add_argument("--log-file", type=Path, help="log here instead of stderr (or syslog)")
+    p.add_argument(
+        "-o",
+        dest="mount_options",
+        action="append",
+        default=[],
+        metavar="OPTS",
+        help="comma-separated options: the long options above with _ for - "
+        "(address=, port=, dog=, timeout=, local=, ro, allow_other, uid=, gid=, umask=, "
+        "attr_timeout=, spool_dir=, cache_size=, list_ttl=, debug, log_file=)",
+    )
     p.add_argument("-V", "--version", action="version", version=f"sheepfs {__version__}")
     return p
+
+
+#: -o option -> (attribute, converter); a converter of None marks a flag.
+_O_OPTIONS: dict[str, tuple[str, object]] = {
+    "address": ("address", str),
+    "port": ("port", int),
+    "dog": ("dog", str),
+    "timeout": ("timeout", float),
+    "local": ("local", Path),
+    "ro": ("ro", None),
+    "allow_other": ("allow_other", None),
+    "uid": ("uid", int),
+    "gid": ("gid", int),
+    "umask": ("umask", lambda v: int(v, 8)),
+    "attr_timeout": ("attr_timeout", float),
+    "spool_dir": ("spool_dir", Path),
+    "cache_size": ("cache_size", parse_size),
+    "list_ttl": ("list_ttl", float),
+    "debug": ("debug", None),
+    "log_file": ("log_file", Path),
+}
+#: Generic mount(8) options that mean nothing here (fstab and mount.fuse3 pass them).
+_IGNORED = {
+    "rw", "defaults", "auto", "noauto", "user", "nouser", "users", "nofail", "_netdev",
+    "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime",
+    "default_permissions",
+}  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.mountpoint is None:
+        args.source, args.mountpoint = None, args.source_or_mountpoint
+    else:
+        args.source = args.source_or_mountpoint
+    for group in args.mount_options:
+        for opt in filter(None, group.split(",")):
+            key, has_value, value = opt.partition("=")
+            if key in _IGNORED:
+                continue
+            spec = _O_OPTIONS.get(key)
+            if spec is None:
+                parser.error(f"unknown mount option: -o {opt}")
+            attr, convert = spec
+            if convert is None:
+                setattr(args, attr, True)
+                continue
+            if not has_value:
+                parser.error(f"-o {key} needs a value ({key}=...)")
+            try:
+                setattr(args, attr, convert(value))  # type: ignore[operator]
+            except ValueError as e:
+                parser.error(f"-o {opt}: {e}")
+    if args.source:
+        if args.source.startswith("local:"):
+            args.local = Path(args.source.removeprefix("local:"))
+        elif args.source not in ("sheepfs", "sheepdog"):
+            host, _, port = (
+                args.source.rpartition(":") if ":" in args.source else (args.source, "", "")
+            )
+            args.address = args.address or host
+            if port and args.port is None:
+                try:
+                    args.port = int(port)
+                except ValueError:
+                    parser.error(f"bad port in source {args.source!r}")
+    args.address = args.address or "127.0.0.1"
+    args.port = args.port or 7000
+    return args
 
 
 def setup_logging(debug: bool, log_file: Path | None) -> None:
@@ -91,10 +199,12 @@ class Daemon:
     async def serve(self) -> bool:
         """Run until unmounted or signalled; True if every byte reached Sheepdog."""
         async with trio.open_nursery() as nursery:
+            self.fs.files.cache.nursery = nursery
             nursery.start_soon(self._on_signals)
             nursery.start_soon(self._recover_spool)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
+        self.fs.files.cache.nursery = None
         return await self.fs.sync_all()
 
     async def _on_signals(self) -> None:
@@ -136,7 +246,7 @@ class Daemon:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     setup_logging(args.debug, args.log_file)
     mountpoint = os.path.abspath(args.mountpoint)
     if not os.path.isdir(mountpoint):
@@ -154,19 +264,38 @@ def main(argv: list[str] | None = None) -> int:
     catalog = Catalog(backend, ttl=args.list_ttl)
     cache = ChunkCache(backend, args.cache_size)
     files = Files(backend, catalog, cache, spool)
-    fs = SheepFS(backend, catalog, files, Options(list_ttl=args.list_ttl))
+    umask = 0o022 if args.umask is None else args.umask
+    fs = SheepFS(
+        backend,
+        catalog,
+        files,
+        Options(
+            list_ttl=args.list_ttl,
+            attr_timeout=args.list_ttl if args.attr_timeout is None else args.attr_timeout,
+            uid=os.getuid() if args.uid is None else args.uid,
+            gid=os.getgid() if args.gid is None else args.gid,
+            file_mode=0o666 & ~umask,
+            dir_mode=0o777 & ~umask,
+            read_only=args.ro,
+        ),
+    )
 
     notify = None
     if not args.foreground:
         notify = _daemonize()
-    options = set(pyfuse3.default_options) | {"fsname=sheepfs", "subtype=sheepfs"}
+    fsname = f"local:{args.local}" if args.local else f"{args.address}:{args.port}"
+    options = set(pyfuse3.default_options) | {f"fsname={fsname}", "subtype=sheepfs"}
+    if args.ro:
+        options.add("ro")
+    if args.allow_other:
+        options |= {"allow_other", "default_permissions"}  # the kernel checks modes
     try:
         pyfuse3.init(fs, mountpoint, options)
     except RuntimeError as e:
         log.error("cannot mount on %s: %s", mountpoint, e)
         _tell_parent(notify, 1)
         return 1
-    log.info("mounted %s:%d on %s", args.address, args.port, mountpoint)
+    log.info("mounted %s on %s", fsname, mountpoint)
     _tell_parent(notify, 0)
     daemon = Daemon(backend, fs, spool, mountpoint)
     try:
@@ -206,6 +335,12 @@ def _tell_parent(fd: int | None, status: int) -> None:
         return
     os.write(fd, bytes([status]))
     os.close(fd)
-    if not any(isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers):
+    root = logging.getLogger()
+    if not any(isinstance(h, logging.FileHandler) for h in root.handlers):
+        # Detached: stderr goes nowhere, so log to syslog where there is one.
+        if os.path.exists("/dev/log"):
+            handler = logging.handlers.SysLogHandler(address="/dev/log")
+            handler.setFormatter(logging.Formatter("sheepfs[%(process)d]: %(message)s"))
+            root.handlers[:] = [handler]
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 2)

@@ -34,6 +34,7 @@ class Options:
     """What the filesystem needs from the command line."""
 
     list_ttl: float = 1.0
+    attr_timeout: float = 1.0
     uid: int = os.getuid()
     gid: int = os.getgid()
     file_mode: int = 0o644
@@ -112,8 +113,8 @@ class SheepFS(pyfuse3.Operations):
         a = pyfuse3.EntryAttributes()
         a.st_ino = ino
         a.generation = 0
-        a.entry_timeout = self.opts.list_ttl
-        a.attr_timeout = self.opts.list_ttl
+        a.entry_timeout = self.opts.attr_timeout
+        a.attr_timeout = self.opts.attr_timeout
         a.st_mode = stat.S_IFREG | self.opts.file_mode
         a.st_nlink = 1
         a.st_uid = self.opts.uid
@@ -128,7 +129,7 @@ class SheepFS(pyfuse3.Operations):
     def _root_attrs(self) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = ROOT
-        a.entry_timeout = a.attr_timeout = self.opts.list_ttl
+        a.entry_timeout = a.attr_timeout = self.opts.attr_timeout
         a.st_mode = stat.S_IFDIR | self.opts.dir_mode
         a.st_nlink = 2
         a.st_uid = self.opts.uid

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 #: Default Sheepdog object size shift (4 MiB objects).
@@ -66,6 +68,28 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def read(self, name: bytes, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset`` (short only at the end of the VDI)."""
+
+    @asynccontextmanager
+    async def read_stream(
+        self, name: bytes, offset: int, length: int
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """``length`` bytes from ``offset`` as pieces, for sequential readers.
+
+        A backend that can stream (one ``dog vdi read`` for the whole range) overrides this;
+        the default reads one object at a time.
+        """
+
+        async def pieces() -> AsyncIterator[bytes]:
+            pos = offset
+            while pos < offset + length:
+                n = min(1 << DEFAULT_BLOCK_SIZE_SHIFT, offset + length - pos)
+                data = await self.read(name, pos, n)
+                if not data:
+                    return
+                yield data
+                pos += len(data)
+
+        yield pieces()
 
     @abc.abstractmethod
     async def write(self, name: bytes, offset: int, data: bytes | memoryview) -> None:
