@@ -58,6 +58,13 @@ class SheepFS(pyfuse3.Operations):
         self._handles: dict[int, VdiFile] = {}
         self._next_fh = 1
         self.errors = 0
+        #: Run once, on the first request after FUSE's INIT (the kernel is set up by then).
+        self.after_init: Callable[[], None] | None = None
+
+    def _first_request(self) -> None:
+        if self.after_init is not None:
+            hook, self.after_init = self.after_init, None
+            hook()
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -99,6 +106,11 @@ class SheepFS(pyfuse3.Operations):
             who = f" {name!r}" if name is not None else ""
             log.error("%s%s failed: %s", op, who, e)
             raise pyfuse3.FUSEError(errno_for(e)) from None
+        except Exception:
+            # A bug must cost one request, not the mount.
+            self.errors += 1
+            log.exception("%s %r failed unexpectedly", op, name)
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     @staticmethod
     def _vdi_name(file_name: bytes) -> bytes:
@@ -163,6 +175,7 @@ class SheepFS(pyfuse3.Operations):
     # -- metadata ---------------------------------------------------------------------------
 
     async def lookup(self, parent_inode, name, ctx=None):
+        self._first_request()
         if parent_inode != ROOT:
             raise pyfuse3.FUSEError(errno.ENOENT)
         if name in (b".", b".."):
@@ -171,6 +184,7 @@ class SheepFS(pyfuse3.Operations):
         return await self._guard("lookup", vdi, lambda: self._attrs_for_name(vdi))
 
     async def getattr(self, inode, ctx=None):
+        self._first_request()
         if inode == ROOT:
             return self._root_attrs()
         f = self.files.by_id.get(inode)
