@@ -1,0 +1,302 @@
+"""The Sheepdog backend: the ``dog`` CLI (``collie`` before Sheepdog 0.7).
+
+Every call is an argv (never a shell) with names after ``--``, so no name is taken for an
+option; every call has a timeout and is killed on expiry (dog blocks forever on a peer that
+accepts and never answers); the exit code is checked before stdout is used (usage text goes
+to stdout with exit 64); and ``vdi delete``, which always exits 0, is judged by its stderr.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import trio
+
+from ..errors import (
+    BackendError,
+    Exists,
+    InvalidArgument,
+    NameTooLong,
+    NoSpace,
+    NotFound,
+    Timeout,
+    TooLarge,
+    Unavailable,
+)
+from ..listing import parse_node_info, parse_vdi_list
+from .base import MAX_NAME_LEN, Backend, FsStats, VdiInfo
+
+log = logging.getLogger(__name__)
+
+#: Linux F_SETPIPE_SZ: a 1 MiB pipe lets a streaming read move data in large pieces.
+_F_SETPIPE_SZ = 1031
+
+# stderr text -> exception, first match wins (cli-facts sections 4 and 4.11).
+_ERRORS: Sequence[tuple[str, type[BackendError]]] = (
+    ("No VDI found", NotFound),
+    ("Failed to find requested tag", NotFound),
+    ("VDI exists already", Exists),
+    ("is existed", Exists),
+    ("no space", NoSpace),
+    ("Shrinking VDIs is not implemented", InvalidArgument),
+    ("beyond the end of the VDI", InvalidArgument),
+    ("larger than", TooLarge),
+    ("too large", TooLarge),
+    ("max size", TooLarge),
+    ("failed to connect", Unavailable),
+    ("Connection refused", Unavailable),
+    ("I/O error", Unavailable),
+    ("Failed to get node list", Unavailable),
+    ("Waiting for cluster to be formatted", Unavailable),
+    ("Invalid ip address", Unavailable),
+    ("Invalid port number", Unavailable),
+)
+
+
+def find_cli(explicit: str | None = None) -> str:
+    """The CLI to run: ``explicit`` if given, else ``dog`` on PATH, else ``collie``."""
+    if explicit:
+        path = explicit if os.sep in explicit else shutil.which(explicit)
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return os.path.abspath(path)
+        raise Unavailable("start", None, f"{explicit} is not an executable file")
+    for candidate in ("dog", "collie"):
+        path = shutil.which(candidate)
+        if path:
+            return path
+    raise Unavailable("start", None, "neither dog nor collie found on PATH (see --dog)")
+
+
+def error_for(op: str, name: bytes | None, rc: int, stderr: bytes) -> BackendError:
+    """The exception for a failed dog call: the one place dog's failures are classified."""
+    text = stderr.decode(errors="replace").strip()
+    detail = "; ".join(line for line in text.splitlines() if line.strip())
+    if not detail:
+        detail = f"dog exited with status {rc} and said nothing"
+    lowered = text.lower()
+    for needle, cls in _ERRORS:
+        if needle.lower() in lowered:
+            return cls(op, name, detail)
+    return BackendError(op, name, detail)
+
+
+def _check_name(op: str, name: bytes) -> None:
+    if not name or b"\0" in name:
+        raise InvalidArgument(op, name, "a VDI name is 1 to 255 bytes without NUL")
+    if len(name) > MAX_NAME_LEN:
+        raise NameTooLong(op, name, f"VDI names are limited to {MAX_NAME_LEN} bytes")
+
+
+async def _kill(process: trio.Process) -> None:
+    process.kill()
+
+
+class DogBackend(Backend):
+    def __init__(
+        self, dog: str, address: str = "127.0.0.1", port: int = 7000, timeout: float = 60.0
+    ) -> None:
+        self.dog = dog
+        self.address = address
+        self.port = port
+        self.timeout = timeout
+        self.calls = 0
+        self.bytes_read = 0
+
+    def _argv(self, cmd: Sequence[str], *args: bytes | str, opts: Sequence[str] = ()) -> list:
+        return [
+            self.dog, *cmd, *opts, "-a", self.address, "-p", str(self.port), "--", *args
+        ]  # fmt: skip
+
+    def _plain(self, *args: str) -> list:
+        """argv for a command that takes no name."""
+        return [self.dog, *args, "-a", self.address, "-p", str(self.port)]
+
+    async def _run(
+        self, op: str, name: bytes | None, argv: list, stdin: bytes | int = b""
+    ) -> tuple[bytes, bytes]:
+        """Run dog; return (stdout, stderr) if it exited 0, else raise the mapped error."""
+        self.calls += 1
+        start = time.monotonic()
+        try:
+            with trio.move_on_after(self.timeout) as scope:
+                proc = await trio.run_process(
+                    argv,
+                    stdin=stdin,
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                    deliver_cancel=_kill,
+                )
+        except OSError as e:
+            raise Unavailable(op, name, f"cannot run {self.dog}: {e.strerror or e}") from None
+        elapsed = time.monotonic() - start
+        if scope.cancelled_caught:
+            log.debug("dog %s timed out after %.1fs and was killed", argv[1:3], elapsed)
+            raise Timeout(op, name, f"dog did not answer within {self.timeout:g} s and was killed")
+        log.debug("dog %r rc=%d %.1f ms", argv[1:], proc.returncode, elapsed * 1000)
+        if proc.returncode != 0:
+            raise error_for(op, name, proc.returncode, proc.stderr)
+        return proc.stdout, proc.stderr
+
+    # -- Backend -----------------------------------------------------------------------------
+
+    async def check(self) -> None:
+        out, _ = await self._run("start", None, self._plain("node", "list", "-r"))
+        if not out.strip():
+            raise Unavailable("start", None, "the cluster lists no nodes")
+        out, _ = await self._run("start", None, self._plain("cluster", "info", "-r"))
+        if b"Waiting for cluster to be formatted" in out:
+            raise Unavailable("start", None, "the cluster is not formatted (dog cluster format)")
+
+    async def list_all(self) -> list[VdiInfo]:
+        """Every row of the VDI list, snapshots included."""
+        out, _ = await self._run("list", None, self._argv(("vdi", "list"), opts=("-r",)))
+        try:
+            return parse_vdi_list(out)
+        except ValueError as e:
+            raise BackendError("list", None, f"cannot parse dog's VDI list: {e}") from None
+
+    async def list(self) -> dict[bytes, VdiInfo]:
+        return {v.name: v for v in await self.list_all() if v.is_file}
+
+    async def info(self, name: bytes) -> VdiInfo:
+        _check_name("info", name)
+        out, _ = await self._run("info", name, self._argv(("vdi", "list"), name, opts=("-r",)))
+        try:
+            rows = parse_vdi_list(out)
+        except ValueError as e:
+            raise BackendError("info", name, f"cannot parse dog's VDI list: {e}") from None
+        for row in rows:
+            if row.is_file and row.name == name:
+                return row
+        raise NotFound("info", name, "No VDI found")
+
+    async def read(self, name: bytes, offset: int, length: int) -> bytes:
+        _check_name("read", name)
+        if length <= 0:
+            return b""
+        out, _ = await self._run(
+            "read", name, self._argv(("vdi", "read"), name, str(offset), str(length))
+        )
+        self.bytes_read += len(out)
+        return out
+
+    @asynccontextmanager
+    async def read_stream(
+        self, name: bytes, offset: int, length: int
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """One ``dog vdi read`` for the whole range, its stdout handed over as it arrives."""
+        _check_name("read", name)
+        self.calls += 1
+        argv = self._argv(("vdi", "read"), name, str(offset), str(length))
+        try:
+            proc = await trio.lowlevel.open_process(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        except OSError as e:
+            raise Unavailable("read", name, f"cannot run {self.dog}: {e.strerror or e}") from None
+        try:
+            fcntl.fcntl(proc.stdout.fileno(), _F_SETPIPE_SZ, 1 << 20)
+        except OSError:
+            pass
+        errors = bytearray()
+
+        async def drain_stderr() -> None:
+            while chunk := await proc.stderr.receive_some():
+                errors.extend(chunk)
+
+        async def pieces() -> AsyncIterator[bytes]:
+            while True:
+                with trio.move_on_after(self.timeout) as scope:
+                    piece = await proc.stdout.receive_some(1 << 20)
+                if scope.cancelled_caught:
+                    raise Timeout("read", name, f"dog sent nothing for {self.timeout:g} s")
+                if not piece:
+                    break
+                self.bytes_read += len(piece)
+                yield piece
+            with trio.move_on_after(self.timeout):
+                await proc.wait()
+            if proc.returncode is None:
+                raise Timeout("read", name, "dog did not exit after sending its data")
+            if proc.returncode != 0:
+                raise error_for("read", name, proc.returncode, bytes(errors))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drain_stderr)
+                yield pieces()
+                nursery.cancel_scope.cancel()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                with trio.CancelScope(shield=True):
+                    await proc.wait()
+            await proc.aclose()
+
+    async def write(self, name: bytes, offset: int, data: bytes | memoryview) -> None:
+        _check_name("write", name)
+        if not len(data):
+            return
+        argv = self._argv(("vdi", "write"), name, str(offset), str(len(data)))
+        await self._run("write", name, argv, stdin=bytes(data))
+
+    async def write_from_file(
+        self, name: bytes, offset: int, length: int, path: str, file_offset: int
+    ) -> None:
+        _check_name("write", name)
+        if length <= 0:
+            return
+        argv = self._argv(("vdi", "write"), name, str(offset), str(length))
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.lseek(fd, file_offset, os.SEEK_SET)
+            await self._run("write", name, argv, stdin=fd)
+        finally:
+            os.close(fd)
+
+    async def create(self, name: bytes, size: int) -> None:
+        _check_name("create", name)
+        await self._run("create", name, self._argv(("vdi", "create"), name, str(size)))
+
+    async def delete(self, name: bytes) -> None:
+        _check_name("delete", name)
+        _, err = await self._run("delete", name, self._argv(("vdi", "delete"), name))
+        if err.strip():  # dog exits 0 even when nothing was deleted (cli-facts 0.3)
+            raise error_for("delete", name, 0, err)
+
+    async def resize(self, name: bytes, size: int) -> None:
+        _check_name("resize", name)
+        await self._run("resize", name, self._argv(("vdi", "resize"), name, str(size)))
+
+    async def statfs(self) -> FsStats:
+        out, _ = await self._run("statfs", None, self._plain("node", "info", "-r"))
+        try:
+            return parse_node_info(out)
+        except ValueError as e:
+            raise BackendError("statfs", None, str(e)) from None
+
+    async def snapshot(self, name: bytes, tag: str) -> None:
+        _check_name("snapshot", name)
+        argv = self._argv(("vdi", "snapshot"), name, opts=("-s", tag))
+        await self._run("snapshot", name, argv)
+
+    async def clone(self, name: bytes, tag: str, new_name: bytes) -> None:
+        _check_name("clone", name)
+        _check_name("clone", new_name)
+        argv = self._argv(("vdi", "clone"), name, new_name, opts=("-s", tag))
+        await self._run("clone", new_name, argv)
+
+    async def delete_snapshot(self, name: bytes, tag: str) -> None:
+        _check_name("delete snapshot", name)
+        argv = self._argv(("vdi", "delete"), name, opts=("-s", tag))
+        _, err = await self._run("delete snapshot", name, argv)
+        if err.strip():
+            raise error_for("delete snapshot", name, 0, err)
