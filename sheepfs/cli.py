@@ -369,5 +369,8 @@ def _tell_parent(fd: int | None, status: int) -> None:
             handler = logging.handlers.SysLogHandler(address="/dev/log")
             handler.setFormatter(logging.Formatter("sheepfs[%(process)d]: %(message)s"))
             root.handlers[:] = [handler]
-        devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, 2)
+        else:
+            root.handlers[:] = [logging.NullHandler()]
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 2)  # let go of the terminal (and of a caller waiting for our output)
+    os.close(devnull)

@@ -314,8 +314,8 @@ class SheepFS(pyfuse3.Operations):
     async def flush(self, fh):
         # close() waits for FLUSH, not RELEASE: this is where upload errors reach the user.
         f = self._handles[fh]
-        if f.staged is not None and f.size == 0 and not f.touched:
-            return  # the flush before any data (e.g. `cmd > file`): release creates it empty
+        if f.staged is not None and not f.exists and f.size == 0 and not f.touched:
+            return  # the flush before any data (e.g. `cmd > new`): release creates it empty
         if self.files.has_pending(f):
             await self._guard("flush", f.name, lambda: self.files.sync(f))
 

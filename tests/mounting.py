@@ -1,0 +1,215 @@
+"""Mount sheepfs for real in a separate process, and look at the backing store directly.
+
+Tests use the mount from their own process (never from the daemon's event loop) and always
+unmount in teardown: ``fusermount3 -u``, then ``-uz`` if the mount is busy.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKEDOG = ROOT / "tests" / "fakedog"
+
+
+def fake_dog_env(store: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["SHEEPDOG_FAKE_STORE"] = str(store)
+    return env
+
+
+@dataclass
+class Store:
+    """The backing store of one test: a fake dog cluster or a --local directory."""
+
+    kind: str  # "dog" or "local"
+    path: Path
+    dog: str = str(FAKEDOG / "dog")
+
+    def env(self) -> dict[str, str]:
+        return fake_dog_env(self.path) if self.kind == "dog" else dict(os.environ)
+
+    def backend_args(self) -> list[str]:
+        if self.kind == "dog":
+            return ["--dog", self.dog]
+        return ["--local", str(self.path)]
+
+    def dog_run(self, *args: str | bytes, stdin: bytes = b"", check: bool = True):
+        """Run the fake dog directly (dog stores only)."""
+        assert self.kind == "dog"
+        p = subprocess.run(
+            [self.dog, *args], input=stdin, capture_output=True, env=self.env(), timeout=60
+        )
+        if check and p.returncode != 0:
+            raise AssertionError(f"dog {args!r} failed ({p.returncode}): {p.stderr!r}")
+        return p
+
+    # -- looking at VDIs without the mount -------------------------------------------------
+
+    def create(self, name: bytes, size: int, data: bytes = b"", offset: int = 0) -> None:
+        if self.kind == "dog":
+            self.dog_run("vdi", "create", "--", name, str(size))
+            if data:
+                self.dog_run("vdi", "write", "--", name, str(offset), str(len(data)), stdin=data)
+            return
+        import trio
+
+        from sheepfs.backends.local import LocalBackend
+
+        async def go() -> None:
+            b = LocalBackend(self.path)
+            await b.create(name, size)
+            if data:
+                await b.write(name, offset, data)
+
+        trio.run(go)
+
+    def vdis(self) -> dict[bytes, tuple[int, int]]:
+        """name -> (size, used) of every file VDI."""
+        if self.kind == "dog":
+            from sheepfs.listing import parse_vdi_list
+
+            out = self.dog_run("vdi", "list", "-r").stdout
+            return {r.name: (r.size, r.used) for r in parse_vdi_list(out) if r.is_file}
+        index = self.path / "vdis.json"
+        if not index.exists():
+            return {}
+        out = {}
+        for key, entry in json.loads(index.read_text()).items():
+            p = self.path / entry["file"]
+            st = p.stat()
+            out[base64.b64decode(key)] = (st.st_size, st.st_blocks * 512)
+        return out
+
+    def snapshots(self) -> list[tuple[bytes, bytes]]:
+        """(name, tag) of every snapshot."""
+        if self.kind == "dog":
+            from sheepfs.listing import parse_vdi_list
+
+            out = self.dog_run("vdi", "list", "-r").stdout
+            return [(r.name, r.tag) for r in parse_vdi_list(out) if r.kind == "s"]
+        snaps = self.path / "snaps.json"
+        if not snaps.exists():
+            return []
+        return [
+            (base64.b64decode(k.split("/")[0]), k.split("/", 1)[1].encode())
+            for k in json.loads(snaps.read_text())
+        ]
+
+    def read(self, name: bytes) -> bytes:
+        if self.kind == "dog":
+            return self.dog_run("vdi", "read", "--", name).stdout
+        entry = json.loads((self.path / "vdis.json").read_text())[base64.b64encode(name).decode()]
+        return (self.path / entry["file"]).read_bytes()
+
+    def dog_calls(self) -> int:
+        log = self.path / "calls.log"
+        return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def make_store(kind: str, path: Path) -> Store:
+    path.mkdir(parents=True, exist_ok=True)
+    if kind == "dog":
+        sys.path.insert(0, str(ROOT / "tests"))
+        from fakedog import control
+
+        control.init_store(path)
+    return Store(kind, path)
+
+
+@dataclass
+class Mount:
+    store: Store
+    path: Path
+    spool: Path
+    log: Path
+    proc: subprocess.Popen
+    extra: list[str] = field(default_factory=list)
+
+    def name(self, file_name: str | bytes) -> Path:
+        return self.path / os.fsdecode(file_name)
+
+    def unmount(self, timeout: float = 60) -> int:
+        """Unmount as a user would and return the daemon's exit code."""
+        if os.path.ismount(self.path):
+            subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True)
+        return self.proc.wait(timeout=timeout)
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def cleanup(self) -> None:
+        if os.path.ismount(self.path):
+            r = subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True)
+            if r.returncode != 0:
+                subprocess.run(["fusermount3", "-uz", str(self.path)], capture_output=True)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def start_mount(store: Store, base: Path, *extra: str, wait: bool = True) -> Mount:
+    mnt = base / "mnt"
+    mnt.mkdir(parents=True, exist_ok=True)
+    spool = base / "spool"
+    log = base / "sheepfs.log"
+    argv = [
+        sys.executable, "-m", "sheepfs", str(mnt), "-f", *store.backend_args(),
+        "--spool-dir", str(spool), "--debug", "--log-file", str(log), *extra,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, env=store.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    m = Mount(store, mnt, spool, log, proc, list(extra))
+    if wait:
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(mnt):
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise AssertionError(
+                    f"sheepfs exited with {proc.returncode}: {err}\n{m.log_text()}"
+                )
+            if time.monotonic() > deadline:
+                m.cleanup()
+                raise AssertionError(f"sheepfs did not mount within 20 s\n{m.log_text()}")
+            time.sleep(0.02)
+    return m
+
+
+# -- pytest fixtures (import them into a test module to use them) ---------------------------
+
+import pytest  # noqa: E402
+
+
+def store_kinds() -> list[str]:
+    """Backends the mount tests run on: the fake dog (once it is there) and --local."""
+    return ["dog", "local"] if (FAKEDOG / "dog").exists() else ["local"]
+
+
+@pytest.fixture(params=store_kinds())
+def any_store(request, tmp_path) -> Store:
+    return make_store(request.param, tmp_path / "store")
+
+
+@pytest.fixture
+def mounted(any_store, tmp_path):
+    """A mount of ``any_store``; unmounted (and its daemon reaped) afterwards."""
+    m = start_mount(any_store, tmp_path)
+    try:
+        yield m
+    finally:
+        m.cleanup()

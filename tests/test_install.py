@@ -1,0 +1,140 @@
+"""Running sheepfs the way an operator does: packaging, mount(8) and -o options, ro,
+ownership options, daemon mode, the systemd unit."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.mounting import ROOT, make_store, start_mount
+
+pytestmark = pytest.mark.timeout(90)
+SHEEPFS = str(Path(sys.executable).parent / "sheepfs")
+
+
+def wait_mounted(path: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.ismount(path):
+        assert time.monotonic() < deadline, f"{path} was not mounted"
+        time.sleep(0.05)
+
+
+def unmount(path: Path) -> None:
+    if os.path.ismount(path):
+        if subprocess.run(["fusermount3", "-u", str(path)], capture_output=True).returncode:
+            subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True)
+
+
+def test_version_and_help():
+    out = subprocess.run([SHEEPFS, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("sheepfs ")
+    text = subprocess.run([SHEEPFS, "--help"], capture_output=True, text=True, check=True).stdout
+    for option in ("--address", "--port", "--dog", "--timeout", "--local", "--foreground",
+                   "--ro", "--allow-other", "--uid", "--gid", "--umask", "--attr-timeout",
+                   "--spool-dir", "--cache-size", "--list-ttl", "--debug", "--log-file", "-o"):  # fmt: skip
+        assert option in text, option
+
+
+def test_local_round_trip(tmp_path):
+    store = make_store("local", tmp_path / "store")
+    m = start_mount(store, tmp_path)
+    try:
+        data = os.urandom(5 << 20)
+        (m.path / "img").write_bytes(data)
+        assert (m.path / "img").read_bytes() == data
+        assert store.read(b"img") == data
+        os.unlink(m.path / "img")
+        assert store.vdis() == {}
+    finally:
+        m.cleanup()
+
+
+def test_mount_t_fuse_sheepfs_with_options(tmp_path):
+    """mount(8) -> mount.fuse3 -> sheepfs SOURCE MOUNTPOINT -o ..., daemonized by default."""
+    if shutil.which("sheepfs") is None:
+        pytest.fail("sheepfs is not on PATH: scripts/setup links it into /usr/local/bin")
+    store = tmp_path / "store"
+    store.mkdir()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    opts = (f"allow_other,cache_size=64M,uid=1234,gid=4321,umask=027,attr_timeout=0.5,"
+            f"spool_dir={tmp_path / 'spool'},log_file={tmp_path / 'log'},nofail,_netdev")  # fmt: skip
+    r = subprocess.run(["mount", "-t", "fuse.sheepfs", f"local:{store}", str(mnt), "-o", opts],
+                       capture_output=True, text=True, timeout=30)  # fmt: skip
+    try:
+        assert r.returncode == 0, r.stderr
+        wait_mounted(mnt)
+        (mnt / "x").write_bytes(b"hello")
+        st = os.stat(mnt / "x")
+        assert (st.st_uid, st.st_gid) == (1234, 4321)
+        assert st.st_mode & 0o777 == 0o640
+        assert os.stat(mnt).st_mode & 0o777 == 0o750
+        options = next(line for line in open("/proc/mounts") if f" {mnt} " in line)
+        assert "allow_other" in options and "default_permissions" in options
+    finally:
+        unmount(mnt)
+    assert (tmp_path / "log").read_text().count("all data saved") == 1
+
+
+def test_unknown_option_is_an_error(tmp_path):
+    (tmp_path / "mnt").mkdir()
+    r = subprocess.run([SHEEPFS, "local:" + str(tmp_path), str(tmp_path / "mnt"), "-f",
+                        "-o", "bogus=1"], capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert r.returncode != 0
+    assert "unknown mount option" in r.stderr
+    assert not os.path.ismount(tmp_path / "mnt")
+
+
+def test_ro_refuses_writes_with_erofs(tmp_path):
+    store = make_store("local", tmp_path / "store")
+    store.create(b"disk", 4096, b"r" * 4096)
+    m = start_mount(store, tmp_path, "-o", "ro")
+    try:
+        assert (m.path / "disk").read_bytes() == b"r" * 4096
+        for attempt in (
+            lambda: open(m.path / "disk", "r+b"),
+            lambda: open(m.path / "new", "wb"),
+            lambda: os.unlink(m.path / "disk"),
+            lambda: os.truncate(m.path / "disk", 0),
+            lambda: os.rename(m.path / "disk", m.path / "other"),
+        ):
+            with pytest.raises(OSError) as e:
+                attempt()
+            assert e.value.errno == errno.EROFS
+        assert store.read(b"disk") == b"r" * 4096
+    finally:
+        m.cleanup()
+
+
+def test_uid_gid_umask_in_stat(tmp_path):
+    store = make_store("local", tmp_path / "store")
+    store.create(b"disk", 4096)
+    m = start_mount(store, tmp_path, "--uid", "4242", "--gid", "4343", "--umask", "077")
+    try:
+        st = os.stat(m.path / "disk")
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4242, 4343, 0o600)
+        assert os.stat(m.path).st_mode & 0o777 == 0o700
+    finally:
+        m.cleanup()
+
+
+def test_systemd_unit_verifies(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = (ROOT / "systemd" / "sheepfs@.service").read_text()
+    assert "After=network-online.target" in unit and "Restart=" in unit
+    # verify checks that ExecStart's binary exists: point it at this checkout's sheepfs
+    (tmp_path / "sheepfs@.service").write_text(unit.replace("/usr/local/bin/sheepfs", SHEEPFS))
+    os.symlink(tmp_path / "sheepfs@.service", tmp_path / "sheepfs@mnt-vdis.service")
+    r = subprocess.run([analyze, "verify", str(tmp_path / "sheepfs@mnt-vdis.service")],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "sheepfs@" not in r.stderr, r.stderr  # no warning about our unit
