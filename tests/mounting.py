@@ -190,7 +190,7 @@ def start_mount(store: Store, base: Path, *extra: str, wait: bool = True) -> Mou
     return m
 
 
-# -- pytest fixtures (import them into a test module to use them) ---------------------------
+# -- pytest fixtures (this module is loaded as a plugin: see pyproject's addopts) ----------
 
 import pytest  # noqa: E402
 

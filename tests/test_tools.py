@@ -14,8 +14,6 @@ import subprocess
 
 import pytest
 
-from tests.mounting import any_store, mounted  # noqa: F401
-
 pytestmark = pytest.mark.timeout(120)
 MiB = 1 << 20
 
