@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import logging.handlers
 import os
 import signal
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.debug, args.log_file)
     mountpoint = os.path.abspath(args.mountpoint)
+    _clear_dead_mount(mountpoint)
     if not os.path.isdir(mountpoint):
         log.error("mount point %s is not a directory", mountpoint)
         return 1
@@ -314,6 +317,16 @@ def main(argv: list[str] | None = None) -> int:
         "all data saved" if saved else "SOME DATA COULD NOT BE SAVED (see above)",
     )
     return 0 if saved else 1
+
+
+def _clear_dead_mount(mountpoint: str) -> None:
+    """A crashed daemon leaves "Transport endpoint is not connected": lazily unmount it."""
+    try:
+        os.stat(mountpoint)
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            log.warning("%s: clearing the dead mount a crashed sheepfs left", mountpoint)
+            subprocess.run(["fusermount3", "-uz", mountpoint], check=False)
 
 
 #: Kernel read-ahead for the mount, KiB. The default 128 KiB splits a sequential read into

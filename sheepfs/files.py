@@ -44,6 +44,7 @@ class VdiFile:
     touched: set[int] = field(default_factory=set)  # objects written since the last upload
     opens: int = 0
     unlinked: bool = False
+    broken: OSError | None = None  # a staged write failed: never upload a torn file
     replace: bool = False  # the VDI ``name`` holds old data the staged file replaces
     old_snapshot: str | None = None  # where that old data waits while it is replaced
     lock: trio.Lock = field(default_factory=trio.Lock)
@@ -163,7 +164,11 @@ class Files:
         if end > f.max_size:
             raise TooLarge("write", f.name, f"the VDI size limit is {f.max_size} bytes")
         if f.staged is not None:
-            f.staged.pwrite(offset, data)
+            try:
+                f.staged.pwrite(offset, data)
+            except OSError as e:
+                f.broken = e
+                raise
             f.stage_dirty = True
             first, last = offset // f.object_size, max(offset, end - 1) // f.object_size
             f.touched.update(range(first, last + 1))
@@ -223,7 +228,7 @@ class Files:
     # -- moving data into Sheepdog -------------------------------------------------------
 
     def has_pending(self, f: VdiFile) -> bool:
-        if f.unlinked:
+        if f.unlinked or f.broken is not None:
             return False
         if f.staged is not None:
             return f.stage_dirty
@@ -233,6 +238,10 @@ class Files:
         """Make Sheepdog hold everything written to ``f`` so far."""
         if f.unlinked:
             return
+        if f.broken is not None:
+            raise BackendError(
+                "upload", f.name, f"not uploaded: a write to its staging file failed ({f.broken})"
+            )
         if f.staged is not None:
             await self._upload(f)
         else:
@@ -392,6 +401,14 @@ class Files:
                 self.forget(f)
 
     def forget(self, f: VdiFile) -> None:
+        if f.broken is not None and f.staged is not None:
+            log.error(
+                "%r was not uploaded: a write to its staging file failed (%s); "
+                "the incomplete copy is dropped and %s",
+                f.name,
+                f.broken,
+                "the VDI keeps its old data" if f.exists else "no VDI was created",
+            )
         if f.staged is not None:
             f.staged.remove()
             f.staged = None

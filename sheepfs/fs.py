@@ -314,6 +314,8 @@ class SheepFS(pyfuse3.Operations):
     async def flush(self, fh):
         # close() waits for FLUSH, not RELEASE: this is where upload errors reach the user.
         f = self._handles[fh]
+        if f.broken is not None:
+            raise pyfuse3.FUSEError(errno_for(f.broken))
         if f.staged is not None and not f.exists and f.size == 0 and not f.touched:
             return  # the flush before any data (e.g. `cmd > new`): release creates it empty
         if self.files.has_pending(f):

@@ -20,6 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 FAKEDOG = ROOT / "tests" / "fakedog"
 
 
+def is_mounted(path: Path) -> bool:
+    """Whether ``path`` is a mount point in /proc/mounts (alive or not)."""
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == str(path) for line in f)
+
+
 def fake_dog_env(store: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["SHEEPDOG_FAKE_STORE"] = str(store)
@@ -148,7 +154,7 @@ class Mount:
         return self.proc.wait(timeout=timeout)
 
     def cleanup(self) -> None:
-        if os.path.ismount(self.path):
+        if is_mounted(self.path):  # also a dead mount, which ismount() cannot see
             r = subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True)
             if r.returncode != 0:
                 subprocess.run(["fusermount3", "-uz", str(self.path)], capture_output=True)
