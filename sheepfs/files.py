@@ -228,6 +228,11 @@ class Files:
     # -- moving data into Sheepdog -------------------------------------------------------
 
     def has_pending(self, f: VdiFile) -> bool:
+        """Whether ``f`` has data not yet in Sheepdog, or an upload of it is under way."""
+        # A write-back in flight clears the dirty marks first: its caller must wait for it.
+        return f.lock.locked() or self._unsaved(f)
+
+    def _unsaved(self, f: VdiFile) -> bool:
         if f.unlinked or f.broken is not None:
             return False
         if f.staged is not None:
@@ -397,8 +402,9 @@ class Files:
             if self.has_pending(f):
                 await self.sync(f)
         finally:
-            if f.opens == 0 and not self.has_pending(f):
-                self.forget(f)
+            async with f.lock:  # never drop a spool file under an upload
+                if f.opens == 0 and not self._unsaved(f):
+                    self.forget(f)
 
     def forget(self, f: VdiFile) -> None:
         if f.broken is not None and f.staged is not None:
@@ -428,8 +434,9 @@ class Files:
                 log.error("%s", e)
                 self.errors += 1
                 ok = False
-            if f.opens == 0 and not self.has_pending(f):
-                self.forget(f)
+            async with f.lock:
+                if f.opens == 0 and not self._unsaved(f):
+                    self.forget(f)
         return ok
 
 
