@@ -1,0 +1,315 @@
+"""The core through a real mount on the fake dog: listing, attributes, names, round trips,
+dog-call costs, start-up checks, failing and hanging dog calls, unmount and SIGTERM."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.fakedog import control
+from tests.mounting import ROOT, make_store, start_mount
+
+pytestmark = pytest.mark.timeout(120)
+MiB = 1 << 20
+
+
+@pytest.fixture
+def store(tmp_path):
+    return make_store("dog", tmp_path / "store")
+
+
+@pytest.fixture
+def mnt(store, tmp_path):
+    m = start_mount(store, tmp_path)
+    try:
+        yield m
+    finally:
+        m.cleanup()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_ls_shows_working_vdis_and_clones_with_their_sizes(store, mnt):
+    store.create(b"zero", 0)
+    store.create(b"odd", 12345)
+    store.create(b"ten", 10 * MiB)
+    store.dog_run("vdi", "snapshot", "-s", "snap1", "ten")
+    store.dog_run("vdi", "clone", "-s", "snap1", "ten", "cl")
+    time.sleep(1.2)  # the listing TTL
+    out = subprocess.run(["ls", "-l", str(mnt.path)], capture_output=True, text=True, check=True)
+    sizes = {line.split()[-1]: int(line.split()[4]) for line in out.stdout.splitlines()[1:]}
+    assert sizes == {"zero": 0, "odd": 12345, "ten": 10 * MiB, "cl": 10 * MiB}
+
+
+def test_attributes(store, mnt):
+    store.create(b"a", 10 * MiB, b"x" * 100, offset=5 * MiB)
+    info = next(r for r in store.vdis().items() if r[0] == b"a")
+    st = os.stat(mnt.path / "a")
+    assert st.st_mode == 0o100644 and os.stat(mnt.path).st_mode == 0o40755
+    assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
+    assert st.st_size == 10 * MiB
+    assert st.st_blksize == 4 * MiB
+    assert st.st_blocks * 512 == info[1][1] == 4 * MiB  # the used field
+    ctime = int(store.dog_run("vdi", "list", "-r", "a").stdout.split()[6])
+    assert int(st.st_mtime) == ctime == int(st.st_ctime)
+
+
+@pytest.mark.parametrize(
+    "offset, count",
+    [(0, 4096), (4 * MiB - 100, 300), (3, 5), (10 * MiB - 10, 100), (10 * MiB, 10)],
+)
+def test_dd_ranges_match_the_backing_data(store, mnt, offset, count):
+    data = os.urandom(10 * MiB)
+    store.create(b"r", len(data), data)
+    got = subprocess.run(
+        ["dd", f"if={mnt.path / 'r'}", "bs=1", f"skip={offset}", f"count={count}",
+         "iflag=skip_bytes,count_bytes", "status=none"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    assert got == data[offset : offset + count]
+
+
+@pytest.mark.parametrize("size", [0, 1, 4 * MiB - 1, 4 * MiB, 4 * MiB + 1, 20 * MiB])
+def test_cp_round_trip(store, mnt, tmp_path, size):
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(size))
+    subprocess.run(["cp", str(src), str(mnt.path / "img")], check=True)
+    subprocess.run(["cp", str(mnt.path / "img"), str(tmp_path / "back")], check=True)
+    assert sha((tmp_path / "back").read_bytes()) == sha(src.read_bytes())
+    deadline = time.monotonic() + 10  # an empty file is created by release, just after close
+    while b"img" not in store.vdis():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert store.vdis()[b"img"][0] == size
+    assert sha(store.read(b"img")) == sha(src.read_bytes())
+
+
+def test_sparse_64m_file_allocates_one_object(store, mnt, tmp_path):
+    with open(mnt.path / "sparse", "wb") as f:
+        f.seek(30 * MiB)
+        f.write(b"sixsix")
+        f.truncate(64 * MiB)
+    assert store.vdis()[b"sparse"] == (64 * MiB, 4 * MiB)
+    src = tmp_path / "sp"
+    with open(src, "wb") as f:
+        f.seek(50 * MiB)
+        f.write(b"abcdef")
+        f.truncate(64 * MiB)
+    subprocess.run(["cp", "--sparse=always", str(src), str(mnt.path / "sp2")], check=True)
+    assert store.vdis()[b"sp2"] == (64 * MiB, 4 * MiB)
+    assert store.read(b"sp2")[50 * MiB : 50 * MiB + 6] == b"abcdef"
+
+
+def test_write_into_existing_vdi_and_past_its_end(store, mnt):
+    old = os.urandom(10 * MiB)
+    store.create(b"w", len(old), old)
+    with open(mnt.path / "w", "r+b") as f:
+        f.seek(4 * MiB - 3)
+        f.write(b"across")
+        f.seek(12 * MiB)
+        f.write(b"grown")
+    want = bytearray(old)
+    want[4 * MiB - 3 : 4 * MiB + 3] = b"across"
+    want += bytes(2 * MiB) + b"grown"
+    assert store.vdis()[b"w"][0] == len(want)
+    assert store.read(b"w") == bytes(want)
+    assert control.count_calls(store.path, "vdi", "resize") == 1
+
+
+def test_rm(store, mnt):
+    store.create(b"gone", MiB)
+    os.unlink(mnt.path / "gone")
+    assert b"gone" not in store.vdis()
+    with pytest.raises(FileNotFoundError):
+        os.unlink(mnt.path / "gone")
+    with pytest.raises(FileNotFoundError):
+        os.unlink(mnt.path / "never")
+
+
+@pytest.mark.parametrize(
+    "vdi, file",
+    [(b"has space", "has space"), ("uni-ü-名前".encode(), "uni-ü-名前"), (b"sl/ash", "sl%2Fash"),
+     (b"-dash", "-dash"), (b"new\nline", "new\nline"), (b".", "%2E"), (b"..", "%2E%2E"),
+     (b"50%", "50%25"), (b"y" * 255, "y" * 255)],
+)  # fmt: skip
+def test_names_round_trip(store, mnt, vdi, file):
+    # made through the mount
+    (mnt.path / file).write_bytes(b"via mount")
+    assert store.read(vdi) == b"via mount"
+    os.unlink(mnt.path / file)
+    assert vdi not in store.vdis()
+    # made with dog, seen through the mount once the listing TTL has passed
+    store.create(vdi, 4096, b"via dog")
+    time.sleep(1.1)
+    assert file in os.listdir(mnt.path)
+    assert (mnt.path / file).read_bytes()[:7] == b"via dog"
+
+
+def test_name_over_255_bytes(mnt):
+    with pytest.raises(OSError) as e:
+        (mnt.path / ("z" * 256)).write_bytes(b"x")
+    assert e.value.errno == errno.ENAMETOOLONG
+    with pytest.raises(OSError) as e:  # a bare % is not a canonical name
+        (mnt.path / "50%off").write_bytes(b"x")
+    assert e.value.errno == errno.EINVAL
+
+
+def test_four_readers_of_one_file(store, mnt):
+    data = os.urandom(20 * MiB)
+    store.create(b"shared", len(data), data)
+    results: list[str] = []
+
+    def reader() -> None:
+        results.append(sha((mnt.path / "shared").read_bytes()))
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [sha(data)] * 4
+
+
+def test_data_closed_before_unmount_is_saved(store, tmp_path):
+    m = start_mount(store, tmp_path)
+    try:
+        store.create(b"old", 8 * MiB)
+        data = os.urandom(6 * MiB)
+        (m.path / "new").write_bytes(data)
+        with open(m.path / "old", "r+b") as f:
+            f.write(b"patched")
+        assert m.unmount() == 0
+    finally:
+        m.cleanup()
+    assert store.read(b"new") == data
+    assert store.read(b"old")[:7] == b"patched"
+    assert "all data saved" in m.log_text()
+
+
+def test_sigterm_saves_open_files_then_unmounts(store, tmp_path):
+    m = start_mount(store, tmp_path)
+    f = open(m.path / "open", "wb")  # noqa: SIM115 - left open across the SIGTERM on purpose
+    try:
+        f.write(b"pending data")
+        f.flush()
+        assert m.terminate() == 0
+        assert store.read(b"open") == b"pending data"
+        assert not os.path.ismount(m.path)
+    finally:
+        try:
+            f.close()
+        except OSError:
+            pass
+        m.cleanup()
+
+
+def test_stat_twice_within_the_ttl_costs_no_dog_call(store, tmp_path):
+    store.create(b"s", MiB)
+    m = start_mount(store, tmp_path, "--list-ttl", "30")
+    try:
+        os.stat(m.path / "s")
+        before = store.dog_calls()
+        os.stat(m.path / "s")
+        os.stat(m.path / "s")
+        assert store.dog_calls() == before
+    finally:
+        m.cleanup()
+
+
+def test_ls_l_of_many_vdis_costs_one_list(store, mnt):
+    for i in range(50):
+        store.create(f"v{i:02d}".encode(), MiB)
+    time.sleep(1.2)
+    before = control.calls(store.path)
+    out = subprocess.run(["ls", "-l", str(mnt.path)], capture_output=True, text=True, check=True)
+    assert len(out.stdout.splitlines()) == 51
+    new = control.calls(store.path)[len(before) :]
+    assert new == [["vdi", "list", "-a", "127.0.0.1", "-p", "7000", "-r", "--"]] or new == [
+        ["vdi", "list", "-r", "-a", "127.0.0.1", "-p", "7000", "--"]
+    ], new
+
+
+def test_statfs_reports_the_total_row(store, mnt):
+    total = store.dog_run("node", "info", "-r").stdout.splitlines()[-1].split()
+    st = os.statvfs(mnt.path)
+    assert st.f_blocks * st.f_frsize == int(total[1]) // st.f_frsize * st.f_frsize
+    assert st.f_bavail * st.f_frsize == int(total[3]) // st.f_frsize * st.f_frsize
+    assert st.f_namemax == 255
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda s: None, "not an executable"),
+        (lambda s: control.set_config(s, reachable=False), "Connection refused"),
+        (lambda s: control.set_config(s, port=7001), "Connection refused"),
+        (lambda s: control.set_config(s, formatted=False), "not formatted"),
+    ],
+    ids=["missing-binary", "unreachable", "wrong-port", "unformatted"],
+)
+def test_refuses_to_start_with_one_clear_line(store, tmp_path, setup, message):
+    setup(store.path)
+    (tmp_path / "mnt").mkdir()
+    dog = str(tmp_path / "no-such-dog") if message == "not an executable" else store.dog
+    r = subprocess.run(
+        [sys.executable, "-m", "sheepfs", str(tmp_path / "mnt"), "-f", "--dog", dog,
+         "--spool-dir", str(tmp_path / "spool")],
+        capture_output=True, text=True, env=store.env(), cwd=ROOT, timeout=30,
+    )  # fmt: skip
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert not os.path.ismount(tmp_path / "mnt")
+
+
+def test_failing_dog_read_gives_eio_and_the_mount_keeps_working(store, mnt):
+    store.create(b"bad", 8 * MiB, b"b" * 10)
+    store.create(b"good", MiB, b"g" * 10)
+    control.add_fault(store.path, {"match": ["vdi", "read"], "name": "bad", "rc": 1,
+                                   "stderr": "Failed to read object 1: I/O error\n"})  # fmt: skip
+    with pytest.raises(OSError) as e:
+        (mnt.path / "bad").read_bytes()
+    assert e.value.errno == errno.EIO
+    assert (mnt.path / "good").read_bytes()[:10] == b"g" * 10
+    assert "Failed to read object 1: I/O error" in mnt.log_text()
+    control.clear_faults(store.path)
+    assert (mnt.path / "bad").read_bytes()[:10] == b"b" * 10
+
+
+def test_hanging_dog_is_killed_at_the_timeout(store, tmp_path):
+    store.create(b"h", MiB, b"h")
+    m = start_mount(store, tmp_path, "--timeout", "2")
+    try:
+        os.stat(m.path / "h")
+        control.add_fault(store.path, {"match": ["vdi", "read"], "hang": True})
+        start = time.monotonic()
+        with pytest.raises(OSError) as e:
+            (m.path / "h").read_bytes()
+        assert e.value.errno == errno.EIO
+        assert time.monotonic() - start < 10
+        left = subprocess.run(["pgrep", "-f", f"{store.dog} vdi read"], capture_output=True)
+        assert left.stdout == b"", "a dog process was left behind"
+        assert "did not answer within 2 s" in m.log_text()
+    finally:
+        m.cleanup()
+
+
+def test_collie_works_too(store, tmp_path):
+    store.dog = control.collie_path()
+    store.create(b"old", MiB, b"collie")
+    m = start_mount(store, tmp_path)
+    try:
+        assert (m.path / "old").read_bytes()[:6] == b"collie"
+        (m.path / "new").write_bytes(b"fresh")
+        assert store.read(b"new") == b"fresh"
+    finally:
+        m.cleanup()
