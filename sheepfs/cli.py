@@ -222,22 +222,24 @@ class Daemon:
         for staged in self.spool.leftovers():
             name = staged.vdi_name
             try:
-                exists = await self.fs.catalog.get(name) is not None
+                info = await self.fs.catalog.get(name)
             except BackendError as e:
                 log.error("spool: cannot check %r (%s); its data stays in %s", name, e, staged.path)
                 staged.close()
                 continue
-            if exists:
+            if staged.replaces or (info is not None and not staged.created):
+                # Never replace a VDI's data with a copy that may have been cut short.
                 log.error(
-                    "spool: %s holds data for %r, which already exists in Sheepdog; "
-                    "not uploaded, the file is kept",
+                    "spool: %s holds new data for %r, which exists in Sheepdog with other "
+                    "data; not uploaded, the file is kept (copy it in by hand if it is "
+                    "complete, then delete it and its .json)",
                     staged.path,
                     name,
                 )
                 staged.close()
                 continue
             log.warning("spool: uploading %r left by an earlier run from %s", name, staged.path)
-            f = self.fs.files.adopt(self.fs._ino(name), staged)
+            f = self.fs.files.adopt(self.fs._ino(name), staged, info)
             try:
                 await self.fs.files.sync(f)
             except BackendError as e:

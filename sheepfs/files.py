@@ -134,17 +134,22 @@ class Files:
         self.by_id[ino] = f
         return f
 
-    def adopt(self, ino: int, staged: StagedFile) -> VdiFile:
-        """Take over a spool file left by an earlier run, to upload it."""
+    def adopt(self, ino: int, staged: StagedFile, info: VdiInfo | None) -> VdiFile:
+        """Take over a spool file left by an earlier run, to upload it.
+
+        ``info`` is the VDI of that name if it exists; it must be one this spool file
+        created (then its data is written again into it), the caller checks that.
+        """
         f = VdiFile(
             id=ino,
             name=staged.vdi_name,
             size=staged.size,
-            backend_size=0,
-            block_size_shift=DEFAULT_BLOCK_SIZE_SHIFT,
-            ctime=int(time.time()),
-            used=0,
-            exists=False,
+            backend_size=info.size if info else 0,
+            block_size_shift=info.block_size_shift if info else DEFAULT_BLOCK_SIZE_SHIFT,
+            ctime=info.ctime if info else int(time.time()),
+            used=info.used if info else 0,
+            exists=info is not None,
+            fresh=info is not None,
             files=self,
             staged=staged,
             stage_dirty=True,
@@ -216,6 +221,8 @@ class Files:
         except BaseException:
             staged.remove()
             raise
+        staged.replaces = True
+        staged.save_meta()
         self.cache.truncate(f, 0)  # dirty bytes below ``keep`` are in the spool now
         f.staged = staged
         f.replace = True
@@ -269,6 +276,8 @@ class Files:
                     await self.backend.create(f.name, size)
                     f.exists = True
                     f.fresh = True
+                    staged.created = True
+                    staged.save_meta()
                     f.backend_size = size
                     self.record(f)
                 elif size < f.backend_size:
@@ -351,10 +360,11 @@ class Files:
             dst_file.unlinked = True
         if src_file is not None and src_file.staged is not None and not src_file.exists:
             src_file.name = dst
-            src_file.staged.rename(dst)
             if dst_exists:
                 src_file.replace = True
                 src_file.exists = True
+                src_file.staged.replaces = True
+            src_file.staged.rename(dst)
             return src_file
         if src_file is not None:
             await self.sync(src_file)

@@ -40,6 +40,10 @@ class StagedFile:
     meta_path: Path
     vdi_name: bytes
     fd: int
+    #: We created the VDI for this file (so a later run may finish writing into it).
+    created: bool = False
+    #: The file replaces an existing VDI's data (so a later run must not guess).
+    replaces: bool = False
 
     @property
     def size(self) -> int:
@@ -63,7 +67,11 @@ class StagedFile:
 
     def rename(self, vdi_name: bytes) -> None:
         self.vdi_name = vdi_name
-        _write_meta(self.meta_path, vdi_name)
+        self.save_meta()
+
+    def save_meta(self) -> None:
+        """Record what a later run needs to know to finish or report this file."""
+        _write_meta(self.meta_path, self.vdi_name, created=self.created, replaces=self.replaces)
 
     def data_runs(self, object_size: int) -> Iterator[tuple[int, int]]:
         """Object-aligned ``(offset, length)`` runs holding non-zero bytes.
@@ -122,9 +130,9 @@ def _data_objects(fd: int, size: int, object_size: int) -> Iterator[int]:
         pos = hole
 
 
-def _write_meta(meta_path: Path, vdi_name: bytes) -> None:
+def _write_meta(meta_path: Path, vdi_name: bytes, **state: bool) -> None:
     tmp = meta_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"vdi": base64.b64encode(vdi_name).decode()}))
+    tmp.write_text(json.dumps({"vdi": base64.b64encode(vdi_name).decode(), **state}))
     os.chmod(tmp, 0o600)
     os.replace(tmp, meta_path)
 
@@ -162,10 +170,20 @@ class Spool:
         for meta in sorted(self.root.glob("*.json")):
             path = meta.with_suffix(".data")
             try:
-                name = base64.b64decode(json.loads(meta.read_text())["vdi"])
+                info = json.loads(meta.read_text())
+                name = base64.b64decode(info["vdi"])
                 fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
             except (OSError, ValueError, KeyError) as e:
                 log.error("spool: cannot use leftover %s: %s", meta, e)
                 continue
-            found.append(StagedFile(path=path, meta_path=meta, vdi_name=name, fd=fd))
+            found.append(
+                StagedFile(
+                    path=path,
+                    meta_path=meta,
+                    vdi_name=name,
+                    fd=fd,
+                    created=bool(info.get("created")),
+                    replaces=bool(info.get("replaces")),
+                )
+            )
         return found

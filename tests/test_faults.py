@@ -178,3 +178,180 @@ def test_arbitrary_names_never_crash_the_daemon(mounted, name):
             assert e.errno in (errno.ENOENT, errno.EINVAL, errno.ENAMETOOLONG, errno.EEXIST), e
     assert mounted.proc.poll() is None, mounted.log_text()[-2000:]
     assert os.path.ismount(mounted.path)
+
+
+# -- a failing cluster (fake dog switches) -----------------------------------------------------
+
+
+@pytest.fixture
+def dog_store(tmp_path):
+    return make_store("dog", tmp_path / "store")
+
+
+def test_cluster_unreachable_while_mounted(dog_store, tmp_path):
+    from tests.fakedog import control
+
+    dog_store.create(b"live", 8 * MiB, b"old")
+    m = start_mount(dog_store, tmp_path, "--timeout", "5")
+    try:
+        fd = os.open(m.path / "live", os.O_RDWR)
+        os.pwrite(fd, b"dirty data", 100)
+        control.set_config(dog_store.path, reachable=False)
+        start = time.monotonic()
+        with pytest.raises(OSError) as e:
+            os.fsync(fd)
+        assert e.value.errno == errno.EIO
+        with pytest.raises(OSError) as e:
+            (m.path / "new").write_bytes(b"cannot go anywhere")
+        assert e.value.errno == errno.EIO
+        assert time.monotonic() - start < 10
+        assert "Connection refused" in m.log_text()
+        control.set_config(dog_store.path, reachable=True)
+        os.fsync(fd)  # the dirty data was kept and goes in now
+        os.close(fd)
+        assert dog_store.read(b"live")[100:110] == b"dirty data"
+        (m.path / "again").write_bytes(b"works again")
+        assert dog_store.read(b"again") == b"works again"
+    finally:
+        m.cleanup()
+    assert m.proc.returncode == 0
+
+
+def test_a_hanging_call_does_not_block_other_files(dog_store, tmp_path):
+    from tests.fakedog import control
+
+    dog_store.create(b"stuck", MiB, b"s")
+    dog_store.create(b"fine", MiB, b"f")
+    m = start_mount(dog_store, tmp_path, "--timeout", "4")
+    try:
+        os.stat(m.path / "stuck")
+        os.stat(m.path / "fine")
+        control.add_fault(dog_store.path, {"match": ["vdi", "read"], "name": "stuck", "hang": True})
+        errors: list[int] = []
+
+        def read_stuck() -> None:
+            try:
+                (m.path / "stuck").read_bytes()
+            except OSError as e:
+                errors.append(e.errno)
+
+        t = threading.Thread(target=read_stuck)
+        t.start()
+        time.sleep(0.5)
+        start = time.monotonic()
+        assert (m.path / "fine").read_bytes()[:1] == b"f"
+        assert time.monotonic() - start < 2  # not queued behind the stuck call
+        t.join(20)
+        assert errors == [errno.EIO]
+        left = subprocess.run(["pgrep", "-f", "vdi read"], capture_output=True).stdout
+        assert left == b"", left
+    finally:
+        m.cleanup()
+
+
+def test_dog_killed_during_upload_then_unmount_finishes_it(dog_store, tmp_path):
+    from tests.fakedog import control
+
+    data = os.urandom(12 * MiB)
+    control.add_fault(dog_store.path, {"match": ["vdi", "write"], "kill": True,
+                                       "after_bytes": 4 * MiB, "times": 1})  # fmt: skip
+    m = start_mount(dog_store, tmp_path)
+    try:
+        src = tmp_path / "src"
+        src.write_bytes(data)
+        r = subprocess.run(["cp", str(src), str(m.path / "big")], capture_output=True, text=True)
+        assert r.returncode != 0 and "Input/output error" in r.stderr  # close() reported it
+        spooled = [p for p in m.spool.iterdir() if p.suffix == ".data"]
+        assert len(spooled) == 1 and spooled[0].read_bytes() == data
+        assert f"kept in {spooled[0]}" in m.log_text()
+        assert m.unmount() == 0  # the retry at unmount gets it in
+    finally:
+        m.cleanup()
+    assert dog_store.read(b"big") == data
+    assert list(m.spool.iterdir()) == []
+
+
+def test_upload_that_keeps_failing_is_finished_by_the_next_mount(dog_store, tmp_path):
+    from tests.fakedog import control
+
+    data = os.urandom(6 * MiB)
+    failure = {"match": ["vdi", "write"], "rc": 1, "stderr": "Failed to write object: I/O error\n"}
+    control.add_fault(dog_store.path, failure)
+    m = start_mount(dog_store, tmp_path)
+    try:
+        with pytest.raises(OSError) as e:
+            with open(m.path / "img", "wb") as f:
+                f.write(data)
+        assert e.value.errno == errno.EIO
+        code = m.unmount()
+    finally:
+        m.cleanup()
+    assert code != 0  # data could not be saved: the exit code says so
+    assert "SOME DATA COULD NOT BE SAVED" in m.log_text()
+    control.clear_faults(dog_store.path)
+    m2 = start_mount(dog_store, tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while any(m2.spool.iterdir()):
+            assert time.monotonic() < deadline, m2.log_text()
+            time.sleep(0.1)
+        assert dog_store.read(b"img") == data
+    finally:
+        m2.cleanup()
+
+
+def test_sigterm_during_an_upload_waits_for_it(dog_store, tmp_path):
+    from tests.fakedog import control
+
+    data = os.urandom(5 * MiB)
+    control.add_fault(dog_store.path, {"match": ["vdi", "write"], "sleep": 2, "times": 1})
+    m = start_mount(dog_store, tmp_path)
+    try:
+        src = tmp_path / "src"
+        src.write_bytes(data)
+        cp = subprocess.Popen(["cp", str(src), str(m.path / "slow")])
+        deadline = time.monotonic() + 10
+        while control.count_calls(dog_store.path, "vdi", "write") == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert m.terminate() == 0
+        assert cp.wait(10) == 0
+    finally:
+        m.cleanup()
+    assert dog_store.read(b"slow") == data
+
+
+def test_cluster_full_gives_enospc_and_keeps_the_spool(dog_store, tmp_path):
+    from tests.fakedog import control
+
+    control.add_fault(dog_store.path, {"match": ["vdi", "write"], "nospace": True})
+    m = start_mount(dog_store, tmp_path)
+    try:
+        with pytest.raises(OSError) as e:
+            with open(m.path / "full", "wb") as f:
+                f.write(b"z" * MiB)
+        assert e.value.errno == errno.ENOSPC
+        spooled = [p for p in m.spool.iterdir() if p.suffix == ".data"]
+        assert len(spooled) == 1 and spooled[0].read_bytes() == b"z" * MiB
+        assert "Server has no space for new objects" in m.log_text()
+        control.clear_faults(dog_store.path)
+        assert m.unmount() == 0
+    finally:
+        m.cleanup()
+    assert dog_store.read(b"full") == b"z" * MiB
+
+
+def test_names_reach_dog_as_argv_after_double_dash(dog_store, tmp_path):
+    from tests.fakedog import control
+
+    m = start_mount(dog_store, tmp_path)
+    try:
+        for name in ("-rf", "--help", "$(touch pwned)", "a;b", "'q'"):
+            (m.path / name).write_bytes(b"x")
+            assert dog_store.read(name.encode()) == b"x"
+    finally:
+        m.cleanup()
+    assert not (tmp_path / "pwned").exists() and not os.path.exists("pwned")
+    for argv in control.calls(dog_store.path):
+        if argv[:2] in (["vdi", "create"], ["vdi", "write"]):
+            assert "--" in argv and argv.index("--") < len(argv) - 1
