@@ -50,9 +50,16 @@ def _add_range(ranges: list[tuple[int, int]], a: int, b: int) -> list[tuple[int,
 
 @dataclass(eq=False)
 class Chunk:
+    """One object-sized piece of a file.
+
+    ``data`` is immutable ``bytes`` while the chunk is only read (as the backend delivered
+    it, no copy) and becomes a ``bytearray`` on the first write. It is never resized in
+    place, because a write-back or a read reply may still hold a view of it.
+    """
+
     file: CachedFile
     index: int
-    data: bytearray = field(default_factory=bytearray)
+    data: bytes | bytearray = b""
     loaded: bool = False
     dirty: list[tuple[int, int]] = field(default_factory=list)
     loading: trio.Event | None = None
@@ -63,14 +70,20 @@ class Chunk:
 
     def put(self, offset: int, data: bytes | memoryview) -> None:
         end = offset + len(data)
-        if len(self.data) < end:
-            self.data.extend(bytes(end - len(self.data)))
+        if len(self.data) < end or not isinstance(self.data, bytearray):
+            # One new buffer, as long as the chunk will be, instead of growing it per write.
+            natural = min(self.file.object_size, max(0, self.file.size - self.start))
+            grown = bytearray(max(end, natural, len(self.data)))
+            grown[: len(self.data)] = self.data
+            self.data = grown
         self.data[offset:end] = data
         self.dirty = _add_range(self.dirty, offset, end)
 
-    def get(self, offset: int, size: int) -> bytes:
-        piece = bytes(self.data[offset : offset + size])
-        return piece + bytes(size - len(piece))
+    def get(self, offset: int, size: int) -> bytes | memoryview:
+        piece = memoryview(self.data)[offset : offset + size]
+        if len(piece) < size:
+            return bytes(piece) + bytes(size - len(piece))
+        return piece
 
 
 @dataclass(eq=False)
@@ -101,13 +114,17 @@ class Stream:
         self.advanced()
 
 
-def _fill(chunk: Chunk, fetched: bytearray) -> None:
+def _fill(chunk: Chunk, fetched: bytes | bytearray) -> None:
     """Make ``fetched`` (backend content) the chunk's data, keeping its dirty bytes on top."""
-    if len(fetched) < len(chunk.data):
-        fetched.extend(bytes(len(chunk.data) - len(fetched)))
-    for a, b in chunk.dirty:
-        fetched[a:b] = chunk.data[a:b]
-    chunk.data = fetched
+    if chunk.dirty:
+        merged = bytearray(fetched)
+        if len(merged) < len(chunk.data):
+            merged.extend(bytes(len(chunk.data) - len(merged)))
+        for a, b in chunk.dirty:
+            merged[a:b] = chunk.data[a:b]
+        chunk.data = merged
+    else:
+        chunk.data = fetched
     chunk.loaded = True
 
 
@@ -195,7 +212,7 @@ class ChunkCache:
             finally:
                 chunk.loading.set()
                 chunk.loading = None
-            _fill(chunk, bytearray(fetched))
+            _fill(chunk, fetched)
             return chunk
 
     # -- streaming for sequential readers ----------------------------------------------------
@@ -236,29 +253,18 @@ class ChunkCache:
         size = f.object_size
         try:
             with s.scope:
-                async with self.backend.read_stream(f.name, s.start, s.end - s.start) as pieces:
+                length = s.end - s.start
+                async with self.backend.read_stream(f.name, s.start, length, size) as pieces:
                     pos = s.start
-                    buf = bytearray(min(size, s.end - pos))
-                    fill = 0
-                    async for piece in pieces:
-                        view = memoryview(piece)
-                        while view:
-                            n = min(len(view), len(buf) - fill)
-                            buf[fill : fill + n] = view[:n]
-                            fill += n
-                            view = view[n:]
-                            if fill < len(buf):
-                                continue
-                            await self._install(f, pos // size, buf)
-                            pos += len(buf)
-                            s.filled = pos - s.start
-                            s.advanced()
-                            if pos >= s.end:
-                                return
-                            buf = bytearray(min(size, s.end - pos))
-                            fill = 0
-                            while s.filled - (s.reader - s.start) > self._ahead(f):
-                                await s.reader_moved.wait()
+                    async for piece in pieces:  # one chunk each, the last one maybe short
+                        await self._install(f, pos // size, piece)
+                        pos += len(piece)
+                        s.filled = pos - s.start
+                        s.advanced()
+                        if pos >= s.end:
+                            return
+                        while s.filled - (s.reader - s.start) > self._ahead(f):
+                            await s.reader_moved.wait()
         except Exception as e:  # a failed read-ahead only costs speed: readers fetch chunks
             log.warning("read-ahead of %r stopped: %s", f.name, e)  # readers fetch chunks
         finally:
@@ -267,7 +273,7 @@ class ChunkCache:
             if self._streams.get(f.id) is s:
                 del self._streams[f.id]
 
-    async def _install(self, f: CachedFile, index: int, data: bytearray) -> None:
+    async def _install(self, f: CachedFile, index: int, data: bytes | bytearray) -> None:
         chunk = self._lookup(f, index)
         if chunk is None:
             await self._make_room(f.object_size)
@@ -283,7 +289,8 @@ class ChunkCache:
 
     # -- the data path -----------------------------------------------------------------------
 
-    async def read(self, f: CachedFile, offset: int, size: int) -> bytes:
+    async def read(self, f: CachedFile, offset: int, size: int) -> bytes | memoryview:
+        """Bytes at ``offset``; a read inside one chunk is a view of it, not a copy."""
         end = min(offset + size, f.size)
         self._note_read(f, offset, end)
         pieces = []
@@ -294,7 +301,7 @@ class ChunkCache:
             chunk = await self._loaded(f, index)
             pieces.append(chunk.get(within, n))
             pos += n
-        return b"".join(pieces)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     async def write(self, f: CachedFile, offset: int, data: bytes) -> None:
         """Put ``data`` in the cache; the caller has already grown ``f.size`` to cover it."""
@@ -309,15 +316,38 @@ class ChunkCache:
                 chunk = self._lookup(f, index) or self._new(f, index)
             chunk.put(within, view[pos : pos + n])  # no await between lookup and put
             pos += n
+            if self._full(chunk) and self.nursery is not None and not f.lock.locked():
+                # Start writing complete chunks back while the writer goes on filling the
+                # next ones: Sheepdog's time then overlaps the copy into the mount.
+                self.nursery.start_soon(self._write_behind, f)
+
+    @staticmethod
+    def _full(chunk: Chunk) -> bool:
+        """Whether the whole chunk is dirty (a sequential writer is done with it)."""
+        natural = min(chunk.file.object_size, max(0, chunk.file.size - chunk.start))
+        return chunk.dirty == [(0, natural)] and natural > 0
+
+    async def _write_behind(self, f: CachedFile) -> None:
+        try:
+            await self.flush(f, only_full=True)
+        except Exception as e:  # the data stays dirty; the next flush reports the error
+            log.warning("write-behind of %r failed (will retry): %s", f.name, e)
 
     def is_dirty(self, f: CachedFile) -> bool:
         return any(c.dirty for c in self._by_file.get(f.id, {}).values())
 
-    async def flush(self, f: CachedFile) -> None:
-        """Write every dirty byte of ``f`` back, one ``write`` per contiguous run."""
+    async def flush(self, f: CachedFile, only_full: bool = False) -> None:
+        """Write every dirty byte of ``f`` back, one ``write`` per contiguous run.
+
+        ``only_full``: just the chunks that are dirty from end to end (write-behind).
+        """
         async with f.lock:
             chunks = sorted(
-                (c for c in self._by_file.get(f.id, {}).values() if c.dirty),
+                (
+                    c
+                    for c in self._by_file.get(f.id, {}).values()
+                    if c.dirty and (not only_full or self._full(c))
+                ),
                 key=lambda c: c.index,
             )
             if not chunks:
@@ -335,15 +365,17 @@ class ChunkCache:
                     runs.append((chunk.start + a, [(chunk, a, b)]))
                 chunk.dirty = []
             for i, (start, parts) in enumerate(runs):
-                data = b"".join(bytes(c.data[a:b]) for c, a, b in parts)
+                # Views, not copies: a write racing with this one marks its range dirty
+                # again, so whatever goes out here is rewritten by the next flush.
+                views = [memoryview(c.data)[a:b] for c, a, b in parts]
                 try:
-                    await self.backend.write(f.name, start, data)
+                    await self.backend.write_parts(f.name, start, views)
                 except BaseException:
                     for _, failed in runs[i:]:
                         for c, a, b in failed:
                             c.dirty = _add_range(c.dirty, a, b)
                     raise
-                self.bytes_written += len(data)
+                self.bytes_written += sum(len(v) for v in views)
 
     def discard(self, f: CachedFile) -> None:
         """Drop ``f``'s clean chunks (the VDI may change under us once nobody has it open)."""
@@ -361,5 +393,5 @@ class ChunkCache:
                 chunk.dirty = []
                 self._forget(chunk)
             elif cut < len(chunk.data):
-                del chunk.data[cut:]
+                chunk.data = chunk.data[:cut]
                 chunk.dirty = [(a, min(b, cut)) for a, b in chunk.dirty if a < cut]

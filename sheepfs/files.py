@@ -159,7 +159,7 @@ class Files:
 
     # -- data ----------------------------------------------------------------------------
 
-    async def read(self, f: VdiFile, offset: int, size: int) -> bytes:
+    async def read(self, f: VdiFile, offset: int, size: int) -> bytes | memoryview:
         if f.staged is not None:
             return f.staged.pread(offset, size)
         return await self.cache.read(f, offset, size)
@@ -213,7 +213,7 @@ class Files:
             pos = 0
             while pos < keep:
                 n = min(f.object_size - pos % f.object_size, keep - pos)
-                data = await self.cache.read(f, pos, n)
+                data = bytes(await self.cache.read(f, pos, n))
                 if data.count(0) != len(data):
                     staged.pwrite(pos, data)
                 pos += n

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -71,18 +71,18 @@ class Backend(abc.ABC):
 
     @asynccontextmanager
     async def read_stream(
-        self, name: bytes, offset: int, length: int
-    ) -> AsyncIterator[AsyncIterator[bytes]]:
-        """``length`` bytes from ``offset`` as pieces, for sequential readers.
+        self, name: bytes, offset: int, length: int, piece_size: int = 1 << 22
+    ) -> AsyncIterator[AsyncIterator[bytes | bytearray]]:
+        """``length`` bytes from ``offset`` in ``piece_size`` pieces, for sequential readers.
 
         A backend that can stream (one ``dog vdi read`` for the whole range) overrides this;
-        the default reads one object at a time.
+        the default reads one piece at a time.
         """
 
         async def pieces() -> AsyncIterator[bytes]:
             pos = offset
             while pos < offset + length:
-                n = min(1 << DEFAULT_BLOCK_SIZE_SHIFT, offset + length - pos)
+                n = min(piece_size, offset + length - pos)
                 data = await self.read(name, pos, n)
                 if not data:
                     return
@@ -94,6 +94,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def write(self, name: bytes, offset: int, data: bytes | memoryview) -> None:
         """Write exactly ``data`` at ``offset``; the range must lie inside the VDI."""
+
+    async def write_parts(
+        self, name: bytes, offset: int, parts: Sequence[bytes | bytearray | memoryview]
+    ) -> None:
+        """Write the concatenation of ``parts`` at ``offset`` (one call where possible)."""
+        await self.write(name, offset, b"".join(parts))
 
     @abc.abstractmethod
     async def write_from_file(

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -85,6 +86,39 @@ def error_for(op: str, name: bytes | None, rc: int, stderr: bytes) -> BackendErr
         if needle.lower() in lowered:
             return cls(op, name, detail)
     return BackendError(op, name, detail)
+
+
+def _pump(fd: int, piece_size: int, send, token) -> None:
+    """Thread: read ``fd`` into ``piece_size`` buffers and hand them to trio; owns ``fd``."""
+    try:
+        while True:
+            buf = bytearray(piece_size)
+            with memoryview(buf) as view:
+                have = 0
+                while have < piece_size:
+                    n = os.readv(fd, [view[have:]])
+                    if n == 0:
+                        break
+                    have += n
+            if have:
+                trio.from_thread.run(send.send, buf if have == piece_size else buf[:have],
+                                     trio_token=token)  # fmt: skip
+            if have < piece_size:
+                break
+    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.RunFinishedError, OSError):
+        pass  # the consumer went away (or dog did): nothing more to hand over
+    finally:
+        os.close(fd)
+        try:
+            trio.from_thread.run_sync(send.close, trio_token=token)
+        except (trio.RunFinishedError, RuntimeError):
+            pass
+
+
+async def _close_pipes(proc: trio.Process) -> None:
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            await pipe.aclose()
 
 
 def _check_name(op: str, name: bytes) -> None:
@@ -190,36 +224,52 @@ class DogBackend(Backend):
 
     @asynccontextmanager
     async def read_stream(
-        self, name: bytes, offset: int, length: int
-    ) -> AsyncIterator[AsyncIterator[bytes]]:
-        """One ``dog vdi read`` for the whole range, its stdout handed over as it arrives."""
+        self, name: bytes, offset: int, length: int, piece_size: int = 1 << 22
+    ) -> AsyncIterator[AsyncIterator[bytes | bytearray]]:
+        """One ``dog vdi read`` for the whole range, handed over in ``piece_size`` pieces.
+
+        A thread reads dog's stdout straight into each piece's buffer (one copy, outside
+        the event loop's thread), and at most two pieces wait in between, so a reader that
+        stops reading stops dog too.
+        """
         _check_name("read", name)
         self.calls += 1
         argv = self._argv(("vdi", "read"), name, str(offset), str(length))
+        read_end, write_end = os.pipe()
         try:
-            proc = await trio.lowlevel.open_process(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-            )
-        except OSError as e:
-            raise Unavailable("read", name, f"cannot run {self.dog}: {e.strerror or e}") from None
-        try:
-            fcntl.fcntl(proc.stdout.fileno(), _F_SETPIPE_SZ, 1 << 20)
+            fcntl.fcntl(write_end, _F_SETPIPE_SZ, 1 << 20)
         except OSError:
             pass
+        try:
+            proc = await trio.lowlevel.open_process(
+                argv, stdin=subprocess.DEVNULL, stdout=write_end, stderr=subprocess.PIPE
+            )
+        except OSError as e:
+            os.close(read_end)
+            raise Unavailable("read", name, f"cannot run {self.dog}: {e.strerror or e}") from None
+        finally:
+            os.close(write_end)
+        log.debug("dog %r streaming", argv[1:])
+        send, receive = trio.open_memory_channel[bytes | bytearray](1)
+        token = trio.lowlevel.current_trio_token()
+        threading.Thread(
+            target=_pump, args=(read_end, piece_size, send, token), daemon=True
+        ).start()
         errors = bytearray()
 
         async def drain_stderr() -> None:
             while chunk := await proc.stderr.receive_some():
                 errors.extend(chunk)
 
-        async def pieces() -> AsyncIterator[bytes]:
+        async def pieces() -> AsyncIterator[bytes | bytearray]:
             while True:
                 with trio.move_on_after(self.timeout) as scope:
-                    piece = await proc.stdout.receive_some(1 << 20)
+                    try:
+                        piece = await receive.receive()
+                    except trio.EndOfChannel:
+                        break
                 if scope.cancelled_caught:
                     raise Timeout("read", name, f"dog sent nothing for {self.timeout:g} s")
-                if not piece:
-                    break
                 self.bytes_read += len(piece)
                 yield piece
             with trio.move_on_after(self.timeout):
@@ -235,18 +285,76 @@ class DogBackend(Backend):
                 yield pieces()
                 nursery.cancel_scope.cancel()
         finally:
+            receive.close()  # a pump blocked on a full channel gives up
+            if proc.returncode is None:
+                proc.kill()  # a pump blocked in read() gets end-of-file
+                with trio.CancelScope(shield=True):
+                    await proc.wait()
+            await _close_pipes(proc)
+
+    async def write(self, name: bytes, offset: int, data: bytes | memoryview) -> None:
+        await self.write_parts(name, offset, [data])
+
+    async def write_parts(
+        self, name: bytes, offset: int, parts: Sequence[bytes | bytearray | memoryview]
+    ) -> None:
+        """Write the concatenation of ``parts`` at ``offset`` with one dog call.
+
+        The parts go to dog's stdin as they are (no joined copy); LEN is their exact total.
+        """
+        _check_name("write", name)
+        length = sum(len(p) for p in parts)
+        if not length:
+            return
+        self.calls += 1
+        argv = self._argv(("vdi", "write"), name, str(offset), str(length))
+        start = time.monotonic()
+        try:
+            proc = await trio.lowlevel.open_process(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        except OSError as e:
+            raise Unavailable("write", name, f"cannot run {self.dog}: {e.strerror or e}") from None
+        errors = bytearray()
+        progress = trio.CancelScope(deadline=trio.current_time() + self.timeout)
+
+        async def feed() -> None:
+            try:
+                for part in parts:
+                    view = memoryview(part)
+                    for at in range(0, len(view), 1 << 20):
+                        await proc.stdin.send_all(view[at : at + (1 << 20)])
+                        progress.deadline = trio.current_time() + self.timeout
+            except trio.BrokenResourceError:
+                pass  # dog stopped reading: its exit status says why
+            finally:
+                await proc.stdin.aclose()
+
+        async def drain(stream, into: bytearray | None) -> None:
+            while chunk := await stream.receive_some():
+                if into is not None:
+                    into.extend(chunk)
+
+        try:
+            with progress:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(feed)
+                    nursery.start_soon(drain, proc.stdout, None)
+                    nursery.start_soon(drain, proc.stderr, errors)
+                    await proc.wait()
+        finally:
             if proc.returncode is None:
                 proc.kill()
                 with trio.CancelScope(shield=True):
                     await proc.wait()
-            await proc.aclose()
-
-    async def write(self, name: bytes, offset: int, data: bytes | memoryview) -> None:
-        _check_name("write", name)
-        if not len(data):
-            return
-        argv = self._argv(("vdi", "write"), name, str(offset), str(len(data)))
-        await self._run("write", name, argv, stdin=bytes(data))
+            await _close_pipes(proc)
+        if progress.cancelled_caught:
+            raise Timeout("write", name, f"dog did not move data for {self.timeout:g} s; killed")
+        log.debug(
+            "dog %r rc=%d %.1f ms", argv[1:], proc.returncode, (time.monotonic() - start) * 1e3
+        )
+        if proc.returncode != 0:
+            raise error_for("write", name, proc.returncode, bytes(errors))
 
     async def write_from_file(
         self, name: bytes, offset: int, length: int, path: str, file_offset: int
