@@ -224,8 +224,11 @@ class ChunkCache:
         self._seq[f.id] = (end, in_a_row)
         stream = self._streams.get(f.id)
         if stream is not None:
-            if stream.done or not stream.start <= offset <= stream.start + stream.filled + (
-                self._ahead(f)
+            ahead = self._ahead(f)
+            # Reads a little behind the stream (kernel read-ahead arrives out of order) or
+            # ahead of it are the same reader; anything further is a seek.
+            if stream.done or not (
+                stream.start - ahead <= offset <= stream.start + stream.filled + ahead
             ):
                 stream.stop()
                 del self._streams[f.id]

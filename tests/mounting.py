@@ -29,6 +29,7 @@ def is_mounted(path: Path) -> bool:
 def fake_dog_env(store: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["SHEEPDOG_FAKE_STORE"] = str(store)
+    env.setdefault("SHEEPDOG_FAKE_PYTHON", sys.executable)
     return env
 
 

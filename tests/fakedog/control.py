@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -66,6 +67,7 @@ def count_calls(path: Path | str, *prefix: str) -> int:
 def env(path: Path | str) -> dict[str, str]:
     e = dict(os.environ)
     e["SHEEPDOG_FAKE_STORE"] = str(path)
+    e.setdefault("SHEEPDOG_FAKE_PYTHON", sys.executable)
     return e
 
 
