@@ -80,6 +80,11 @@ def test_mount_t_fuse_sheepfs_with_options(tmp_path):
         assert "allow_other" in options and "default_permissions" in options
     finally:
         unmount(mnt)
+    # the daemon (started by mount, not by us) logs its summary just after the unmount
+    deadline = time.monotonic() + 20
+    while "unmounted" not in (tmp_path / "log").read_text():
+        assert time.monotonic() < deadline, (tmp_path / "log").read_text()
+        time.sleep(0.05)
     assert (tmp_path / "log").read_text().count("all data saved") == 1
 
 
