@@ -63,6 +63,7 @@ class Chunk:
     loaded: bool = False
     dirty: list[tuple[int, int]] = field(default_factory=list)
     loading: trio.Event | None = None
+    pinned: int = 0  # write-backs sending views of ``data`` right now: not evictable
 
     @property
     def start(self) -> int:
@@ -147,6 +148,7 @@ class ChunkCache:
         self.bytes_written = 0
         #: Where streams run; set by the daemon. Without it there is no streaming.
         self.nursery: trio.Nursery | None = None
+        self._unpinned = trio.Event()
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -176,16 +178,17 @@ class ChunkCache:
     async def _make_room(self, need: int) -> None:
         """Evict least recently used chunks until ``need`` more bytes fit the budget."""
         while self.used + need > self.budget:
-            victim = next(
-                (c for c in self._lru.values() if c.loading is None and not c.dirty), None
-            )
-            if victim is None:
-                victim = next((c for c in self._lru.values() if c.loading is None), None)
-                if victim is None:
-                    return  # everything is being loaded: overshoot briefly
-                await self.flush(victim.file)  # raises if the data cannot be written
+            idle = [c for c in self._lru.values() if c.loading is None and not c.pinned]
+            victim = next((c for c in idle if not c.dirty), None)
+            if victim is not None:
+                self._forget(victim)
                 continue
-            self._forget(victim)
+            if idle:
+                await self.flush(idle[0].file)  # raises if the data cannot be written
+            elif any(c.pinned for c in self._lru.values()):
+                await self._unpinned.wait()  # a write-back is sending them: wait for it
+            else:
+                return  # everything is being loaded: overshoot briefly
 
     async def _loaded(self, f: CachedFile, index: int) -> Chunk:
         """The chunk with its backend content (under any dirty bytes), fetched at most once."""
@@ -356,17 +359,27 @@ class ChunkCache:
             if not chunks:
                 return
             await f.before_writeback()
+            # Contiguous dirty ranges make one run each, up to a quarter of the budget, so
+            # the writer can fill the rest of the cache while a run is on its way.
+            max_run = max(f.object_size, self.budget // 4)
             runs: list[tuple[int, list[tuple[Chunk, int, int]]]] = []
+            run_bytes = 0
             for chunk in chunks:
                 for a, b in chunk.dirty:
                     if runs:
                         start, parts = runs[-1]
                         last_chunk, _, last_b = parts[-1]
-                        if last_chunk.start + last_b == chunk.start + a:
+                        contiguous = last_chunk.start + last_b == chunk.start + a
+                        if contiguous and run_bytes + (b - a) <= max_run:
                             parts.append((chunk, a, b))
+                            run_bytes += b - a
                             continue
                     runs.append((chunk.start + a, [(chunk, a, b)]))
+                    run_bytes = b - a
                 chunk.dirty = []
+            for _, parts in runs:
+                for c, _, _ in parts:
+                    c.pinned += 1
             for i, (start, parts) in enumerate(runs):
                 # Views, not copies: a write racing with this one marks its range dirty
                 # again, so whatever goes out here is rewritten by the next flush.
@@ -377,14 +390,24 @@ class ChunkCache:
                     for _, failed in runs[i:]:
                         for c, a, b in failed:
                             c.dirty = _add_range(c.dirty, a, b)
+                    self._unpin(runs[i:])
                     raise
                 self.bytes_written += sum(len(v) for v in views)
+                del views
+                self._unpin(runs[i : i + 1])
+
+    def _unpin(self, runs: list[tuple[int, list[tuple[Chunk, int, int]]]]) -> None:
+        for _, parts in runs:
+            for c, _, _ in parts:
+                c.pinned -= 1
+        self._unpinned.set()
+        self._unpinned = trio.Event()
 
     def discard(self, f: CachedFile) -> None:
         """Drop ``f``'s clean chunks (the VDI may change under us once nobody has it open)."""
         self._stop_stream(f)
         for chunk in list(self._by_file.get(f.id, {}).values()):
-            if not chunk.dirty and chunk.loading is None:
+            if not chunk.dirty and chunk.loading is None and not chunk.pinned:
                 self._forget(chunk)
 
     def truncate(self, f: CachedFile, size: int) -> None:

@@ -29,6 +29,9 @@ from .staging import Spool, SpoolError, default_spool_dir
 
 log = logging.getLogger("sheepfs")
 
+#: Seconds dirty cached data may wait before it is written back without an fsync or close.
+WRITE_BACK_INTERVAL = 5.0
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -205,10 +208,16 @@ class Daemon:
             self.fs.files.cache.nursery = nursery
             nursery.start_soon(self._on_signals)
             nursery.start_soon(self._recover_spool)
+            nursery.start_soon(self._write_back_periodically)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
         self.fs.files.cache.nursery = None
         return await self.fs.sync_all()
+
+    async def _write_back_periodically(self) -> None:
+        while True:
+            await trio.sleep(WRITE_BACK_INTERVAL)
+            await self.fs.files.write_back_idle()
 
     async def _on_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -270,6 +270,8 @@ class Files:
             touched, f.touched = f.touched, set()
             size = staged.size
             try:
+                if f.exists and size < f.backend_size:
+                    f.replace = True  # shrunk after its upload: Sheepdog cannot shrink
                 if f.replace:
                     await self._set_old_aside(f)
                 if not f.exists:
@@ -280,8 +282,6 @@ class Files:
                     staged.save_meta()
                     f.backend_size = size
                     self.record(f)
-                elif size < f.backend_size:
-                    raise BackendError("upload", f.name, "Sheepdog cannot shrink a VDI")
                 elif size > f.backend_size:
                     await self.backend.resize(f.name, size)
                     f.backend_size = size
@@ -431,6 +431,20 @@ class Files:
         self.cache.discard(f)
         if self.by_id.get(f.id) is f:
             del self.by_id[f.id]
+
+    async def write_back_idle(self) -> None:
+        """Write back cached dirty data of live files nobody is writing back already.
+
+        sync(1) never reaches a FUSE daemon, so this bounds how long written data lives
+        only in our memory (the kernel's own dirty_expire works the same way).
+        """
+        for f in list(self.by_id.values()):
+            if f.staged is None and not f.lock.locked() and self.cache.is_dirty(f):
+                try:
+                    await self.cache.flush(f)
+                except BackendError as e:
+                    log.warning("periodic write-back of %r failed (kept, will retry): %s",
+                                f.name, e)  # fmt: skip
 
     async def sync_all(self) -> bool:
         """Write every pending byte of every file; False if any could not be saved."""

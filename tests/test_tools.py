@@ -11,6 +11,7 @@ import hashlib
 import os
 import random
 import subprocess
+import time
 
 import pytest
 
@@ -208,3 +209,31 @@ def test_unsupported_operations_fail_cleanly(mounted, op):
     assert (mounted.path / "disk").read_bytes() == b"d" * 4096  # still working
     (mounted.path / "after").write_bytes(b"ok")
     assert_vdi(mounted, b"after", b"ok")
+
+
+def test_new_file_shrunk_after_its_upload(mounted):
+    data = rand(9 * MiB, seed=12)
+    fd = os.open(mounted.path / "grow-shrink", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)  # the VDI now exists with 9 MiB
+        assert_vdi(mounted, b"grow-shrink", data)
+        os.ftruncate(fd, 1000)
+    finally:
+        os.close(fd)
+    assert_vdi(mounted, b"grow-shrink", data[:1000])
+    no_leftovers(mounted, b"grow-shrink")
+
+
+def test_dirty_data_is_written_back_without_fsync_within_seconds(mounted):
+    """sync(1) cannot reach a FUSE daemon; dirty cached data still goes out by itself."""
+    mounted.store.create(b"disk", 8 * MiB)
+    fd = os.open(mounted.path / "disk", os.O_RDWR)
+    try:
+        os.pwrite(fd, b"eventually", 6 * MiB)
+        deadline = time.monotonic() + 15
+        while mounted.store.read(b"disk")[6 * MiB : 6 * MiB + 10] != b"eventually":
+            assert time.monotonic() < deadline, "dirty data never written back"
+            time.sleep(0.5)
+    finally:
+        os.close(fd)

@@ -53,6 +53,7 @@ DEFAULTS = {
     "hang": False,
     "call_cost": 0.0,
     "bandwidth": 0,  # bytes/s for reads and writes; 0 is as fast as it goes
+    "list_cost_per_vdi": 0.0,  # seconds `vdi list` spends per inode (real dog: ~0.33 ms)
     "read_bandwidth": None,  # overrides for reads,
     "write_bandwidth": None,  # writes into allocated objects,
     "alloc_bandwidth": None,  # and writes that allocate (real dog: ~983, ~345, ~198 MiB/s)
@@ -482,6 +483,8 @@ def cmd_vdi_list(store: Store, opts: dict, args: list[bytes]) -> None:
     if not store.config["formatted"]:
         return
     state = store.snapshot_state()
+    # dog reads every inode to list (or to find) any of them: O(number of VDIs)
+    time.sleep(float(store.config["list_cost_per_vdi"]) * sum(1 for _ in live_inodes(state)))
     want = args[0] if args else None
     lines = []
     for vid, i in live_inodes(state):
