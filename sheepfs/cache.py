@@ -132,8 +132,10 @@ def _fill(chunk: Chunk, fetched: bytes | bytearray) -> None:
 class ChunkCache:
     """Chunks of live files under one byte budget; see the module docstring."""
 
-    #: Sequential reads in a row before a file gets a stream.
-    STREAM_AFTER = 2
+    #: Objects' worth of reading in a row before a file gets a stream. Kernel read-ahead
+    #: makes even a random 4 KiB read look sequential for a few requests: one object is
+    #: more than read-ahead alone produces.
+    STREAM_AFTER = 1
     #: How far a stream may run ahead of its reader, at most.
     MAX_AHEAD = 64 << 20
 
@@ -143,7 +145,7 @@ class ChunkCache:
         self._lru: OrderedDict[tuple[int, int], Chunk] = OrderedDict()
         self._by_file: dict[int, dict[int, Chunk]] = {}
         self._streams: dict[int, Stream] = {}
-        self._seq: dict[int, tuple[int, int]] = {}  # file id -> (next offset, reads in a row)
+        self._seq: dict[int, tuple[int, int]] = {}  # file id -> (next offset, bytes in a row)
         self.used = 0
         self.bytes_written = 0
         #: Where streams run; set by the daemon. Without it there is no streaming.
@@ -223,7 +225,7 @@ class ChunkCache:
     def _note_read(self, f: CachedFile, offset: int, end: int) -> None:
         """Track sequential reading; start a stream for it, stop one a seek left behind."""
         expected, in_a_row = self._seq.get(f.id, (-1, 0))
-        in_a_row = in_a_row + 1 if offset == expected else 0
+        in_a_row = in_a_row + (end - offset) if offset == expected else 0
         self._seq[f.id] = (end, in_a_row)
         stream = self._streams.get(f.id)
         if stream is not None:
@@ -240,7 +242,8 @@ class ChunkCache:
                 stream.reader = max(stream.reader, end)
                 stream.reader_moved.set()
                 stream.reader_moved = trio.Event()
-        if stream is None and in_a_row >= self.STREAM_AFTER and self.nursery is not None:
+        streaming = in_a_row >= self.STREAM_AFTER * f.object_size
+        if stream is None and streaming and self.nursery is not None:
             index = offset // f.object_size
             chunks = self._by_file.get(f.id, {})
             while index in chunks and chunks[index].loaded:
@@ -359,9 +362,9 @@ class ChunkCache:
             if not chunks:
                 return
             await f.before_writeback()
-            # Contiguous dirty ranges make one run each, up to a quarter of the budget, so
+            # Contiguous dirty ranges make one run each, up to half the budget, so
             # the writer can fill the rest of the cache while a run is on its way.
-            max_run = max(f.object_size, self.budget // 4)
+            max_run = max(f.object_size, self.budget // 2)
             runs: list[tuple[int, list[tuple[Chunk, int, int]]]] = []
             run_bytes = 0
             for chunk in chunks:

@@ -249,7 +249,7 @@ class Daemon:
                 staged.close()
                 continue
             log.warning("spool: uploading %r left by an earlier run from %s", name, staged.path)
-            f = self.fs.files.adopt(self.fs._ino(name), staged, info)
+            f = self.fs.files.adopt(self.fs.ino_for(name), staged, info)
             try:
                 await self.fs.files.sync(f)
             except BackendError as e:
@@ -285,7 +285,6 @@ def main(argv: list[str] | None = None) -> int:
         catalog,
         files,
         Options(
-            list_ttl=args.list_ttl,
             attr_timeout=args.list_ttl if args.attr_timeout is None else args.attr_timeout,
             uid=os.getuid() if args.uid is None else args.uid,
             gid=os.getgid() if args.gid is None else args.gid,
@@ -341,6 +340,7 @@ def _keep_freed_memory() -> None:
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, 1)  # M_ARENA_MAX: read-ahead threads share (and reuse) one heap
         libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: chunks come from the heap
         libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: freed chunks stay for the next ones
     except (OSError, AttributeError):

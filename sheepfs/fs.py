@@ -33,7 +33,6 @@ ROOT = pyfuse3.ROOT_INODE
 class Options:
     """What the filesystem needs from the command line."""
 
-    list_ttl: float = 1.0
     attr_timeout: float = 1.0
     uid: int = os.getuid()
     gid: int = os.getgid()
@@ -68,7 +67,8 @@ class SheepFS(pyfuse3.Operations):
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _ino(self, name: bytes) -> int:
+    def ino_for(self, name: bytes) -> int:
+        """The inode number of a VDI name (given out on first sight, kept while we run)."""
         ino = self._ino_by_name.get(name)
         if ino is None:
             ino = self._next_ino
@@ -157,7 +157,9 @@ class SheepFS(pyfuse3.Operations):
         return self._attrs(f.id, f.size, f.ctime, used, f.object_size)
 
     def _info_attrs(self, info: VdiInfo) -> pyfuse3.EntryAttributes:
-        return self._attrs(self._ino(info.name), info.size, info.ctime, info.used, info.object_size)
+        return self._attrs(
+            self.ino_for(info.name), info.size, info.ctime, info.used, info.object_size
+        )
 
     async def _attrs_for_name(self, name: bytes) -> pyfuse3.EntryAttributes:
         f = self._open_file(name)
@@ -297,7 +299,7 @@ class SheepFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EEXIST)
         if await self._guard("create", vdi, lambda: self.catalog.get(vdi)) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
-        ino = self._ino(vdi)
+        ino = self.ino_for(vdi)
         f = await self._guard("create", vdi, lambda: _sync(lambda: self.files.create(ino, vdi)))
         log.debug("staging new file %r in %s", vdi, f.staged.path if f.staged else "?")
         return pyfuse3.FileInfo(fh=self._new_handle(f)), self._file_attrs(f)
@@ -377,7 +379,7 @@ class SheepFS(pyfuse3.Operations):
         )
         if (dst_exists or dst_file is not None) and flags & pyfuse3.RENAME_NOREPLACE:
             raise pyfuse3.FUSEError(errno.EEXIST)
-        ino = self._ino(src)
+        ino = self.ino_for(src)
         await self.files.rename(src, dst, src_file, dst_file, src_info, dst_exists)
         self._rename_ino(ino, src, dst)
 
