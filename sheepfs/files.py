@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .backends.base import DEFAULT_BLOCK_SIZE_SHIFT, MAX_OBJECTS, Backend, VdiInfo
+from .backends.base import DEFAULT_BLOCK_SIZE_SHIFT, Backend, ObjectGeometry, VdiInfo
 from .cache import ChunkCache
 from .catalog import Catalog
 from .errors import BackendError, TooLarge
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
-class VdiFile:
+class VdiFile(ObjectGeometry):
     """The state of one file. ``id`` is its inode number."""
 
     id: int
@@ -48,14 +48,6 @@ class VdiFile:
     replace: bool = False  # the VDI ``name`` holds old data the staged file replaces
     old_snapshot: str | None = None  # where that old data waits while it is replaced
     lock: trio.Lock = field(default_factory=trio.Lock)
-
-    @property
-    def object_size(self) -> int:
-        return 1 << self.block_size_shift
-
-    @property
-    def max_size(self) -> int:
-        return self.object_size * MAX_OBJECTS
 
     async def before_writeback(self) -> None:
         if self.size > self.backend_size:

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from ..errors import InvalidArgument, NameTooLong
+
 #: Default Sheepdog object size shift (4 MiB objects).
 DEFAULT_BLOCK_SIZE_SHIFT = 22
 #: Longest VDI name Sheepdog keeps (SD_MAX_VDI_LEN 256 including the NUL).
@@ -15,8 +17,31 @@ MAX_NAME_LEN = 255
 MAX_OBJECTS = 1 << 20
 
 
+class ObjectGeometry:
+    """Sizes that follow from a VDI's block_size_shift (shared by listing rows and files)."""
+
+    block_size_shift: int
+
+    @property
+    def object_size(self) -> int:
+        return 1 << self.block_size_shift
+
+    @property
+    def max_size(self) -> int:
+        """A flat VDI holds at most 2^20 objects (4 TiB with 4 MiB objects)."""
+        return self.object_size * MAX_OBJECTS
+
+
+def check_name(op: str, name: bytes) -> None:
+    """Refuse names Sheepdog would mangle: dog silently cuts them at 255 bytes."""
+    if not name or b"\0" in name:
+        raise InvalidArgument(op, name, "a VDI name is 1 to 255 bytes without NUL")
+    if len(name) > MAX_NAME_LEN:
+        raise NameTooLong(op, name, f"VDI names are limited to {MAX_NAME_LEN} bytes")
+
+
 @dataclass(frozen=True)
-class VdiInfo:
+class VdiInfo(ObjectGeometry):
     """One row of the VDI list, as Sheepdog reports it."""
 
     name: bytes
@@ -30,14 +55,6 @@ class VdiInfo:
     copies: str
     tag: bytes
     block_size_shift: int = DEFAULT_BLOCK_SIZE_SHIFT
-
-    @property
-    def object_size(self) -> int:
-        return 1 << self.block_size_shift
-
-    @property
-    def max_size(self) -> int:
-        return self.object_size * MAX_OBJECTS
 
     @property
     def is_file(self) -> bool:

@@ -24,7 +24,6 @@ from ..errors import (
     BackendError,
     Exists,
     InvalidArgument,
-    NameTooLong,
     NoSpace,
     NotFound,
     Timeout,
@@ -32,7 +31,7 @@ from ..errors import (
     Unavailable,
 )
 from ..listing import parse_node_info, parse_vdi_list
-from .base import MAX_NAME_LEN, Backend, FsStats, VdiInfo
+from .base import Backend, FsStats, VdiInfo, check_name
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +120,6 @@ async def _close_pipes(proc: trio.Process) -> None:
             await pipe.aclose()
 
 
-def _check_name(op: str, name: bytes) -> None:
-    if not name or b"\0" in name:
-        raise InvalidArgument(op, name, "a VDI name is 1 to 255 bytes without NUL")
-    if len(name) > MAX_NAME_LEN:
-        raise NameTooLong(op, name, f"VDI names are limited to {MAX_NAME_LEN} bytes")
-
-
 async def _kill(process: trio.Process) -> None:
     process.kill()
 
@@ -201,7 +193,7 @@ class DogBackend(Backend):
         return {v.name: v for v in await self.list_all() if v.is_file}
 
     async def info(self, name: bytes) -> VdiInfo:
-        _check_name("info", name)
+        check_name("info", name)
         out, _ = await self._run("info", name, self._argv(("vdi", "list"), name, opts=("-r",)))
         try:
             rows = parse_vdi_list(out)
@@ -213,7 +205,7 @@ class DogBackend(Backend):
         raise NotFound("info", name, "No VDI found")
 
     async def read(self, name: bytes, offset: int, length: int) -> bytes:
-        _check_name("read", name)
+        check_name("read", name)
         if length <= 0:
             return b""
         out, _ = await self._run(
@@ -232,7 +224,7 @@ class DogBackend(Backend):
         the event loop's thread), and at most two pieces wait in between, so a reader that
         stops reading stops dog too.
         """
-        _check_name("read", name)
+        check_name("read", name)
         self.calls += 1
         argv = self._argv(("vdi", "read"), name, str(offset), str(length))
         read_end, write_end = os.pipe()
@@ -302,7 +294,7 @@ class DogBackend(Backend):
 
         The parts go to dog's stdin as they are (no joined copy); LEN is their exact total.
         """
-        _check_name("write", name)
+        check_name("write", name)
         length = sum(len(p) for p in parts)
         if not length:
             return
@@ -359,7 +351,7 @@ class DogBackend(Backend):
     async def write_from_file(
         self, name: bytes, offset: int, length: int, path: str, file_offset: int
     ) -> None:
-        _check_name("write", name)
+        check_name("write", name)
         if length <= 0:
             return
         argv = self._argv(("vdi", "write"), name, str(offset), str(length))
@@ -371,17 +363,17 @@ class DogBackend(Backend):
             os.close(fd)
 
     async def create(self, name: bytes, size: int) -> None:
-        _check_name("create", name)
+        check_name("create", name)
         await self._run("create", name, self._argv(("vdi", "create"), name, str(size)))
 
     async def delete(self, name: bytes) -> None:
-        _check_name("delete", name)
+        check_name("delete", name)
         _, err = await self._run("delete", name, self._argv(("vdi", "delete"), name))
         if err.strip():  # dog exits 0 even when nothing was deleted (cli-facts 0.3)
             raise error_for("delete", name, 0, err)
 
     async def resize(self, name: bytes, size: int) -> None:
-        _check_name("resize", name)
+        check_name("resize", name)
         await self._run("resize", name, self._argv(("vdi", "resize"), name, str(size)))
 
     async def statfs(self) -> FsStats:
@@ -392,18 +384,18 @@ class DogBackend(Backend):
             raise BackendError("statfs", None, str(e)) from None
 
     async def snapshot(self, name: bytes, tag: str) -> None:
-        _check_name("snapshot", name)
+        check_name("snapshot", name)
         argv = self._argv(("vdi", "snapshot"), name, opts=("-s", tag))
         await self._run("snapshot", name, argv)
 
     async def clone(self, name: bytes, tag: str, new_name: bytes) -> None:
-        _check_name("clone", name)
-        _check_name("clone", new_name)
+        check_name("clone", name)
+        check_name("clone", new_name)
         argv = self._argv(("vdi", "clone"), name, new_name, opts=("-s", tag))
         await self._run("clone", new_name, argv)
 
     async def delete_snapshot(self, name: bytes, tag: str) -> None:
-        _check_name("delete snapshot", name)
+        check_name("delete snapshot", name)
         argv = self._argv(("vdi", "delete"), name, opts=("-s", tag))
         _, err = await self._run("delete snapshot", name, argv)
         if err.strip():

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import trio
 
-from ..errors import BackendError, Exists, InvalidArgument, NameTooLong, NoSpace, NotFound, TooLarge
-from .base import DEFAULT_BLOCK_SIZE_SHIFT, MAX_NAME_LEN, Backend, FsStats, VdiInfo
+from ..errors import BackendError, Exists, InvalidArgument, NoSpace, NotFound, TooLarge
+from .base import DEFAULT_BLOCK_SIZE_SHIFT, Backend, FsStats, VdiInfo, check_name
 
 _OBJECT = 1 << DEFAULT_BLOCK_SIZE_SHIFT
 _MAX_SIZE = _OBJECT << 20
@@ -46,11 +46,21 @@ class LocalBackend(Backend):
         os.replace(tmp, self._index_path())
 
     def _path(self, name: bytes, op: str) -> Path:
-        _check_name(op, name)
+        check_name(op, name)
         entry = self._load().get(name)
         if entry is None:
             raise NotFound(op, name, "No VDI found")
         return self.root / entry["file"]
+
+    def _new_entry(self, op: str, name: bytes) -> tuple[dict[bytes, dict], Path]:
+        """The index with a new entry for ``name``, and the image file to fill for it."""
+        index = self._load()
+        if name in index:
+            raise Exists(op, name, "VDI exists already")
+        vid = max((e["vid"] for e in index.values()), default=0) + 1
+        path = self.root / f"{vid:06x}.img"
+        index[name] = {"file": path.name, "ctime": int(time.time()), "vid": vid}
+        return index, path
 
     # -- Backend -----------------------------------------------------------------------------
 
@@ -118,17 +128,12 @@ class LocalBackend(Backend):
 
     async def create(self, name: bytes, size: int) -> None:
         self.calls += 1
-        _check_name("create", name)
+        check_name("create", name)
         if size > _MAX_SIZE:
             raise TooLarge("create", name, f"VDI size is larger than {_MAX_SIZE} bytes")
-        index = self._load()
-        if name in index:
-            raise Exists("create", name, "VDI exists already")
-        vid = max((e["vid"] for e in index.values()), default=0) + 1
-        path = self.root / f"{vid:06x}.img"
+        index, path = self._new_entry("create", name)
         with open(path, "wb") as f:
             f.truncate(size)
-        index[name] = {"file": path.name, "ctime": int(time.time()), "vid": vid}
         self._save(index)
 
     async def delete(self, name: bytes) -> None:
@@ -182,17 +187,12 @@ class LocalBackend(Backend):
 
     async def clone(self, name: bytes, tag: str, new_name: bytes) -> None:
         self.calls += 1
-        _check_name("clone", new_name)
+        check_name("clone", new_name)
         snap = self._load_snaps().get(self._snap_key(name, tag))
         if snap is None:
             raise NotFound("clone", name, f"Failed to find requested tag {tag}")
-        index = self._load()
-        if new_name in index:
-            raise Exists("clone", new_name, "VDI exists already")
-        vid = max((e["vid"] for e in index.values()), default=0) + 1
-        dst = self.root / f"{vid:06x}.img"
+        index, dst = self._new_entry("clone", new_name)
         await trio.to_thread.run_sync(_sparse_copy, self.root / snap, dst)
-        index[new_name] = {"file": dst.name, "ctime": int(time.time()), "vid": vid}
         self._save(index)
 
     async def delete_snapshot(self, name: bytes, tag: str) -> None:
@@ -209,13 +209,6 @@ class LocalBackend(Backend):
         total = st.f_blocks * st.f_frsize
         avail = st.f_bavail * st.f_frsize
         return FsStats(total=total, used=total - st.f_bfree * st.f_frsize, avail=avail)
-
-
-def _check_name(op: str, name: bytes) -> None:
-    if not name or b"\0" in name:
-        raise InvalidArgument(op, name, "a VDI name is 1 to 255 bytes without NUL")
-    if len(name) > MAX_NAME_LEN:
-        raise NameTooLong(op, name, f"VDI names are limited to {MAX_NAME_LEN} bytes")
 
 
 def _pwrite_clipped(path: Path, name: bytes, offset: int, data: bytes) -> None:
