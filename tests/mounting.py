@@ -13,8 +13,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKEDOG = ROOT / "tests" / "fakedog"
@@ -199,8 +203,6 @@ def start_mount(store: Store, base: Path, *extra: str, wait: bool = True) -> Mou
 
 # -- pytest fixtures (this module is loaded as a plugin: see pyproject's addopts) ----------
 
-import pytest  # noqa: E402
-
 
 def store_kinds() -> list[str]:
     """Backends the mount tests run on: the fake dog (once it is there) and --local."""
@@ -212,11 +214,18 @@ def any_store(request, tmp_path) -> Store:
     return make_store(request.param, tmp_path / "store")
 
 
-@pytest.fixture
-def mounted(any_store, tmp_path):
-    """A mount of ``any_store``; unmounted (and its daemon reaped) afterwards."""
-    m = start_mount(any_store, tmp_path)
+@contextmanager
+def mount_of(store: Store, base: Path, *extra: str) -> Iterator[Mount]:
+    """A mount of ``store``; unmounted (and its daemon reaped) afterwards, whatever happens."""
+    m = start_mount(store, base, *extra)
     try:
         yield m
     finally:
         m.cleanup()
+
+
+@pytest.fixture
+def mounted(any_store, tmp_path):
+    """A mount of ``any_store`` (the fake dog, then the local backend)."""
+    with mount_of(any_store, tmp_path) as m:
+        yield m

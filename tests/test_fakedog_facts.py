@@ -66,39 +66,14 @@ def test_extra_stdin_is_not_read(store):
     assert ok(store, "vdi", "read", "w", "8192", "8") == b"0123" + bytes(4)
 
 
-def test_concurrent_first_writes_to_one_object_lose_data(store):
-    """cli-facts 0.2: each writer CREATE_AND_WRITEs the whole object; the last one wins."""
-    losses = 0
-    for trial in range(6):
-        name = f"race{trial}"
-        ok(store, "vdi", "create", name, "4M")
-        procs = [
-            subprocess.Popen(
-                [control.dog_path(), "vdi", "write", name, str(off), "1024"],
-                stdin=subprocess.PIPE,
-                env=control.env(store),
-            )  # fmt: skip
-            for off in (0, 2 * MiB)
-        ]
-        for p, byte in zip(procs, (b"A", b"B"), strict=True):
-            p.stdin.write(byte * 1024)
-            p.stdin.close()
-        for p in procs:
-            assert p.wait(30) == 0
-        data = ok(store, "vdi", "read", name)
-        losses += data[:1024] != b"A" * 1024 or data[2 * MiB : 2 * MiB + 1024] != b"B" * 1024
-    assert losses > 0
-
-
-def test_concurrent_writes_to_an_allocated_object_are_safe(store):
-    ok(store, "vdi", "create", "safe", "4M")
-    ok(store, "vdi", "write", "safe", "0", "1", stdin=b"x")  # allocate the object
+def two_writers_at_once(store, name: str) -> bytes:
+    """Write 1 KiB of A at 0 and of B at 2 MiB with two dog processes at once; read back."""
     procs = [
         subprocess.Popen(
-            [control.dog_path(), "vdi", "write", "safe", str(off), "1024"],
+            [control.dog_path(), "vdi", "write", name, str(off), "1024"],
             stdin=subprocess.PIPE,
             env=control.env(store),
-        )  # fmt: skip
+        )
         for off in (0, 2 * MiB)
     ]
     for p, byte in zip(procs, (b"A", b"B"), strict=True):
@@ -106,7 +81,24 @@ def test_concurrent_writes_to_an_allocated_object_are_safe(store):
         p.stdin.close()
     for p in procs:
         assert p.wait(30) == 0
-    data = ok(store, "vdi", "read", "safe")
+    return ok(store, "vdi", "read", name)
+
+
+def test_concurrent_first_writes_to_one_object_lose_data(store):
+    """cli-facts 0.2: each writer CREATE_AND_WRITEs the whole object; the last one wins."""
+    losses = 0
+    for trial in range(6):
+        name = f"race{trial}"
+        ok(store, "vdi", "create", name, "4M")
+        data = two_writers_at_once(store, name)
+        losses += data[:1024] != b"A" * 1024 or data[2 * MiB : 2 * MiB + 1024] != b"B" * 1024
+    assert losses > 0
+
+
+def test_concurrent_writes_to_an_allocated_object_are_safe(store):
+    ok(store, "vdi", "create", "safe", "4M")
+    ok(store, "vdi", "write", "safe", "0", "1", stdin=b"x")  # allocate the object
+    data = two_writers_at_once(store, "safe")
     assert data[:1024] == b"A" * 1024 and data[2 * MiB : 2 * MiB + 1024] == b"B" * 1024
 
 

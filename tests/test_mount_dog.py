@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.fakedog import control
-from tests.mounting import ROOT, make_store, start_mount
+from tests.mounting import ROOT, make_store, mount_of, start_mount
 
 pytestmark = pytest.mark.timeout(120)
 MiB = 1 << 20
@@ -27,11 +27,8 @@ def store(tmp_path):
 
 @pytest.fixture
 def mnt(store, tmp_path):
-    m = start_mount(store, tmp_path)
-    try:
+    with mount_of(store, tmp_path) as m:
         yield m
-    finally:
-        m.cleanup()
 
 
 def sha(data: bytes) -> str:
