@@ -321,10 +321,13 @@ def main(argv: list[str] | None = None) -> int:
         raise
     pyfuse3.close(unmount=True)
     log.info(
-        "unmounted %s: %d bytes uploaded from the spool, %d bytes written back, %d errors; %s",
+        "unmounted %s: %d files (%d bytes) uploaded from the spool, %d bytes written back, "
+        "%d backend calls, %d errors; %s",
         mountpoint,
+        files.files_uploaded,
         files.uploaded,
         cache.bytes_written,
+        getattr(backend, "calls", 0),
         fs.errors + files.errors,
         "all data saved" if saved else "SOME DATA COULD NOT BE SAVED (see above)",
     )

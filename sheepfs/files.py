@@ -80,7 +80,8 @@ class Files:
         self.cache = cache
         self.spool = spool
         self.by_id: dict[int, VdiFile] = {}
-        self.uploaded = 0
+        self.uploaded = 0  # bytes
+        self.files_uploaded = 0
         self.errors = 0
 
     def record(self, f: VdiFile) -> None:
@@ -292,6 +293,7 @@ class Files:
                 if f.fresh:
                     f.used = sum(-(-n // f.object_size) for _, n in runs) * f.object_size
                 f.fresh = False
+                self.files_uploaded += 1
                 self.record(f)
                 log.debug("uploaded %r: %d bytes in %d runs", f.name, size, len(runs))
             except BaseException as e:
