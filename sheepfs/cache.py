@@ -362,9 +362,9 @@ class ChunkCache:
             if not chunks:
                 return
             await f.before_writeback()
-            # Contiguous dirty ranges make one run each, up to a quarter of the budget, so
+            # Contiguous dirty ranges make one run each, up to half the budget, so
             # the writer can fill the rest of the cache while a run is on its way.
-            max_run = max(f.object_size, self.budget // 4)
+            max_run = max(f.object_size, self.budget // 2)
             runs: list[tuple[int, list[tuple[Chunk, int, int]]]] = []
             run_bytes = 0
             for chunk in chunks:
