@@ -40,10 +40,6 @@ class Catalog:
     async def get(self, name: bytes) -> VdiInfo | None:
         return (await self.all()).get(name)
 
-    def cached(self, name: bytes) -> VdiInfo | None:
-        """The last known row, without refreshing."""
-        return self._vdis.get(name)
-
     async def _refresh(self) -> None:
         started = trio.current_time()
         vdis = dict(await self.backend.list())
@@ -68,6 +64,3 @@ class Catalog:
         """Record a VDI we deleted."""
         self._vdis.pop(name, None)
         self._changes[name] = (trio.current_time(), None)
-
-    def invalidate(self) -> None:
-        self._fetched_at = float("-inf")

@@ -86,22 +86,6 @@ def _row(kind: str, name: bytes, rest: bytes, has_shift: bool | None) -> VdiInfo
         raise ValueError(f"bad field in vdi list row for {name!r}: {rest!r} ({e})") from None
 
 
-def format_vdi_row(info: VdiInfo, has_shift: bool = True) -> bytes:
-    """A row as dog prints it (the inverse of :func:`parse_vdi_list`, for tests and fakes)."""
-    name = bytearray()
-    for c in info.name:
-        if c in b" \t\n\v\f\r\\":
-            name.append(0x5C)
-        name.append(c)
-    row = b"%s %s %d %d %d %d %d %x %s %s" % (
-        info.kind.encode(), bytes(name), info.snap_id, info.size, info.used, info.shared,
-        info.ctime, info.vid, info.copies.encode(), info.tag,
-    )  # fmt: skip
-    if has_shift:
-        row += b" %d" % info.block_size_shift
-    return row + b"\n"
-
-
 def parse_node_info(out: bytes) -> FsStats:
     """The ``Total`` row of ``dog node info -r``: total, used, avail (bytes)."""
     for line in out.splitlines():

@@ -133,7 +133,6 @@ class DogBackend(Backend):
         self.port = port
         self.timeout = timeout
         self.calls = 0
-        self.bytes_read = 0
 
     def _argv(self, cmd: Sequence[str], *args: bytes | str, opts: Sequence[str] = ()) -> list:
         return [
@@ -181,28 +180,13 @@ class DogBackend(Backend):
         if b"Waiting for cluster to be formatted" in out:
             raise Unavailable("start", None, "the cluster is not formatted (dog cluster format)")
 
-    async def list_all(self) -> list[VdiInfo]:
-        """Every row of the VDI list, snapshots included."""
-        out, _ = await self._run("list", None, self._argv(("vdi", "list"), opts=("-r",)))
-        try:
-            return parse_vdi_list(out)
-        except ValueError as e:
-            raise BackendError("list", None, f"cannot parse dog's VDI list: {e}") from None
-
     async def list(self) -> dict[bytes, VdiInfo]:
-        return {v.name: v for v in await self.list_all() if v.is_file}
-
-    async def info(self, name: bytes) -> VdiInfo:
-        check_name("info", name)
-        out, _ = await self._run("info", name, self._argv(("vdi", "list"), name, opts=("-r",)))
+        out, _ = await self._run("list", None, self._argv(("vdi", "list"), opts=("-r",)))
         try:
             rows = parse_vdi_list(out)
         except ValueError as e:
-            raise BackendError("info", name, f"cannot parse dog's VDI list: {e}") from None
-        for row in rows:
-            if row.is_file and row.name == name:
-                return row
-        raise NotFound("info", name, "No VDI found")
+            raise BackendError("list", None, f"cannot parse dog's VDI list: {e}") from None
+        return {v.name: v for v in rows if v.is_file}
 
     async def read(self, name: bytes, offset: int, length: int) -> bytes:
         check_name("read", name)
@@ -211,7 +195,6 @@ class DogBackend(Backend):
         out, _ = await self._run(
             "read", name, self._argv(("vdi", "read"), name, str(offset), str(length))
         )
-        self.bytes_read += len(out)
         return out
 
     @asynccontextmanager
@@ -262,7 +245,6 @@ class DogBackend(Backend):
                         break
                 if scope.cancelled_caught:
                     raise Timeout("read", name, f"dog sent nothing for {self.timeout:g} s")
-                self.bytes_read += len(piece)
                 yield piece
             with trio.move_on_after(self.timeout):
                 await proc.wait()
