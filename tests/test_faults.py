@@ -358,3 +358,33 @@ def test_names_reach_dog_as_argv_after_double_dash(dog_store, tmp_path):
     for argv in control.calls(dog_store.path):
         if argv[:2] in (["vdi", "create"], ["vdi", "write"]):
             assert "--" in argv and argv.index("--") < len(argv) - 1
+
+
+def test_failed_replace_keeps_the_old_data_reachable(dog_store, tmp_path):
+    """cp over an existing VDI, and the create of its replacement fails: nothing is gone."""
+    from tests.fakedog import control
+
+    old = os.urandom(5 * MiB)
+    dog_store.create(b"disk", len(old), old)
+    failure = {"rc": 1, "stderr": "Failed to create VDI disk: I/O error\n"}
+    control.add_fault(dog_store.path, {"match": ["vdi", "create"], "name": "disk", **failure})
+    m = start_mount(dog_store, tmp_path)
+    try:
+        new = os.urandom(1000)
+        src = tmp_path / "src"
+        src.write_bytes(new)
+        r = subprocess.run(["cp", str(src), str(m.path / "disk")], capture_output=True)
+        assert r.returncode != 0  # close() reported the failure
+        snaps = dog_store.snapshots()
+        assert len(snaps) == 1 and snaps[0][0] == b"disk"
+        tag = snaps[0][1]
+        assert dog_store.dog_run("vdi", "read", "-s", tag, "--", "disk").stdout == old
+        assert f"snapshot {tag.decode()}" in m.log_text()
+        spooled = [p for p in m.spool.iterdir() if p.suffix == ".data"]
+        assert len(spooled) == 1 and spooled[0].read_bytes() == new
+        control.clear_faults(dog_store.path)
+        assert m.unmount() == 0  # the retry at unmount finishes the replace
+    finally:
+        m.cleanup()
+    assert dog_store.read(b"disk") == new
+    assert dog_store.snapshots() == []
