@@ -176,6 +176,30 @@ def test_four_readers_of_one_file(store, mnt):
     assert results == [sha(data)] * 4
 
 
+def test_a_vdi_changed_by_another_client_is_read_fresh_on_the_next_open(store, mnt):
+    store.create(b"img", 4 * MiB, b"A" * 4096)
+    assert (mnt.path / "img").read_bytes()[:4096] == b"A" * 4096  # now in the page cache
+    store.dog_run("vdi", "write", "img", "0", "4096", stdin=b"B" * 4096)  # another client
+    assert (mnt.path / "img").read_bytes()[:4096] == b"B" * 4096
+
+
+def test_direct_io_mount_round_trip(store, tmp_path):
+    data = os.urandom(9 * MiB + 5)
+    with mount_of(store, tmp_path, "-o", "direct_io") as m:
+        (m.path / "d").write_bytes(data)
+        got = subprocess.run(
+            ["dd", f"if={m.path / 'd'}", "bs=1M", "status=none"], capture_output=True, check=True
+        ).stdout
+        assert got == data
+        subprocess.run(
+            ["dd", "if=/dev/zero", f"of={m.path / 'd'}", "bs=4096", "count=1", "seek=1",
+             "conv=notrunc", "status=none"], check=True,
+        )  # fmt: skip
+        expect = data[:4096] + bytes(4096) + data[8192:]
+        assert (m.path / "d").read_bytes() == expect
+    assert store.read(b"d") == expect
+
+
 def test_data_closed_before_unmount_is_saved(store, tmp_path):
     m = start_mount(store, tmp_path)
     try:

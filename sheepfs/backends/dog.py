@@ -8,6 +8,7 @@ to stdout with exit 64); and ``vdi delete``, which always exits 0, is judged by 
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import logging
 import os
@@ -87,31 +88,87 @@ def error_for(op: str, name: bytes | None, rc: int, stderr: bytes) -> BackendErr
     return BackendError(op, name, detail)
 
 
-def _pump(fd: int, piece_size: int, send, token) -> None:
-    """Thread: read ``fd`` into ``piece_size`` buffers and hand them to trio; owns ``fd``."""
+def _new_buffer_factory():
+    """``bytearray(n)`` without zero-filling it (CPython's own constructor, via ctypes).
+
+    A streaming read overwrites every byte of each piece, so zeroing 4 MiB first would
+    only cost memory bandwidth (a memset, and a page fault per 4 KiB on fresh memory).
+    """
     try:
-        while True:
-            buf = bytearray(piece_size)
-            with memoryview(buf) as view:
-                have = 0
-                while have < piece_size:
-                    n = os.readv(fd, [view[have:]])
-                    if n == 0:
-                        break
-                    have += n
-            if have:
-                trio.from_thread.run(send.send, buf if have == piece_size else buf[:have],
-                                     trio_token=token)  # fmt: skip
-            if have < piece_size:
-                break
-    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.RunFinishedError, OSError):
-        pass  # the consumer went away (or dog did): nothing more to hand over
-    finally:
-        os.close(fd)
+        make = ctypes.pythonapi.PyByteArray_FromStringAndSize
+    except AttributeError:  # not CPython
+        return bytearray
+    make.restype = ctypes.py_object
+    make.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+    return lambda n: make(None, n)
+
+
+_new_buffer = _new_buffer_factory()
+
+#: Pieces a streaming read may hold that the consumer has not taken yet.
+_PIECES_AHEAD = 4
+
+
+class _Pump:
+    """A thread that reads a stream's pipe into piece-sized buffers for the event loop.
+
+    It keeps reading while the event loop is busy (up to ``_PIECES_AHEAD`` pieces not yet
+    taken), so dog never waits for the loop; past that it stops, and so does dog.
+    """
+
+    def __init__(self, fd: int, piece_size: int, token: trio.lowlevel.TrioToken) -> None:
+        self.fd = fd
+        self.piece_size = piece_size
+        self.token = token
+        self.send, self.receive = trio.open_memory_channel[bytes | bytearray](_PIECES_AHEAD)
+        self.slots = threading.Semaphore(_PIECES_AHEAD)
+        self.stopped = False
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
         try:
-            trio.from_thread.run_sync(send.close, trio_token=token)
-        except (trio.RunFinishedError, RuntimeError):
+            while True:
+                self.slots.acquire()
+                if self.stopped:
+                    break
+                buf = _new_buffer(self.piece_size)
+                with memoryview(buf) as view:
+                    have = 0
+                    while have < self.piece_size:
+                        n = os.readv(self.fd, [view[have:]])
+                        if n == 0:
+                            break
+                        have += n
+                if have:
+                    piece = buf if have == self.piece_size else buf[:have]
+                    self.token.run_sync_soon(self._deliver, piece)
+                if have < self.piece_size:
+                    break
+        except (trio.RunFinishedError, OSError):
+            pass  # the event loop is gone (or dog is): nothing more to hand over
+        finally:
+            os.close(self.fd)
+            try:
+                self.token.run_sync_soon(self.send.close)
+            except trio.RunFinishedError:
+                pass
+
+    def _deliver(self, piece: bytes | bytearray) -> None:
+        try:
+            self.send.send_nowait(piece)  # never full: the slots bound what is in flight
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
+
+    async def next(self) -> bytes | bytearray:
+        """The next piece; raises trio.EndOfChannel at the end of the data."""
+        piece = await self.receive.receive()
+        self.slots.release()
+        return piece
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.receive.close()
+        self.slots.release()  # a thread waiting for a slot sees ``stopped``
 
 
 async def _close_pipes(proc: trio.Process) -> None:
@@ -204,8 +261,8 @@ class DogBackend(Backend):
         """One ``dog vdi read`` for the whole range, handed over in ``piece_size`` pieces.
 
         A thread reads dog's stdout straight into each piece's buffer (one copy, outside
-        the event loop's thread), and at most two pieces wait in between, so a reader that
-        stops reading stops dog too.
+        the event loop's thread), and at most ``_PIECES_AHEAD`` pieces wait in between, so
+        a reader that stops reading stops dog too.
         """
         check_name("read", name)
         self.calls += 1
@@ -225,11 +282,7 @@ class DogBackend(Backend):
         finally:
             os.close(write_end)
         log.debug("dog %r streaming", argv[1:])
-        send, receive = trio.open_memory_channel[bytes | bytearray](1)
-        token = trio.lowlevel.current_trio_token()
-        threading.Thread(
-            target=_pump, args=(read_end, piece_size, send, token), daemon=True
-        ).start()
+        pump = _Pump(read_end, piece_size, trio.lowlevel.current_trio_token())
         errors = bytearray()
 
         async def drain_stderr() -> None:
@@ -240,7 +293,7 @@ class DogBackend(Backend):
             while True:
                 with trio.move_on_after(self.timeout) as scope:
                     try:
-                        piece = await receive.receive()
+                        piece = await pump.next()
                     except trio.EndOfChannel:
                         break
                 if scope.cancelled_caught:
@@ -259,7 +312,7 @@ class DogBackend(Backend):
                 yield pieces()
                 nursery.cancel_scope.cancel()
         finally:
-            receive.close()  # a pump blocked on a full channel gives up
+            pump.stop()  # a pump waiting for a slot gives up
             if proc.returncode is None:
                 proc.kill()  # a pump blocked in read() gets end-of-file
                 with trio.CancelScope(shield=True):
