@@ -4,6 +4,12 @@ move its data into Sheepdog.
 A *live* file is an existing VDI: reads and writes go through the chunk cache. A *staged*
 file is new: its bytes live in a spool file, and the VDI is created with the final size
 when the file is closed, after which only the objects holding data are written.
+
+A new file written faster than Sheepdog takes it (``cp`` of an image) would otherwise
+upload everything only after the copy: once ``WRITE_BEHIND_MIN`` bytes of complete objects
+wait, its VDI is created with the size written so far and those objects are uploaded
+while the writer goes on; the VDI grows (``vdi resize``) as the file does, and close
+uploads the rest and sets the final size.
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ from .staging import Spool, StagedFile
 
 log = logging.getLogger(__name__)
 
+#: Bytes of complete, not yet uploaded objects a new file must hold before its upload starts
+#: behind the writer. Smaller files are created and uploaded when they are closed.
+WRITE_BEHIND_MIN = 32 << 20
+
 
 @dataclass(eq=False)
 class VdiFile(ObjectGeometry):
@@ -42,6 +52,8 @@ class VdiFile(ObjectGeometry):
     stage_dirty: bool = False  # spool data not yet (fully) in Sheepdog
     fresh: bool = False  # VDI made by us and never fully written: unwritten parts are zero
     touched: set[int] = field(default_factory=set)  # objects written since the last upload
+    in_vdi: set[int] = field(default_factory=set)  # objects of a fresh VDI holding our data
+    behind_failed: bool = False  # an upload behind the writer failed: the rest waits for close
     opens: int = 0
     unlinked: bool = False
     broken: OSError | None = None  # a staged write failed: never upload a torn file
@@ -133,6 +145,7 @@ class Files:
         ``info`` is the VDI of that name if it exists; it must be one this spool file
         created (then its data is written again into it), the caller checks that.
         """
+        objects = staged.data_objects(info.object_size if info else 1 << DEFAULT_BLOCK_SIZE_SHIFT)
         f = VdiFile(
             id=ino,
             name=staged.vdi_name,
@@ -146,6 +159,9 @@ class Files:
             files=self,
             staged=staged,
             stage_dirty=True,
+            # Which objects an interrupted upload got to is unknown: write them all again.
+            touched=objects,
+            in_vdi=set(objects) if info else set(),
         )
         self.by_id[ino] = f
         return f
@@ -171,6 +187,7 @@ class Files:
             first, last = offset // f.object_size, max(offset, end - 1) // f.object_size
             f.touched.update(range(first, last + 1))
             f.size = max(f.size, end)
+            self._maybe_write_behind(f)
             return len(data)
         f.size = max(f.size, end)
         await self.cache.write(f, offset, data)
@@ -267,35 +284,14 @@ class Files:
                     f.replace = True  # shrunk after its upload: Sheepdog cannot shrink
                 if f.replace:
                     await self._set_old_aside(f)
-                if not f.exists:
-                    await self.backend.create(f.name, size)
-                    f.exists = True
-                    f.fresh = True
-                    staged.created = True
-                    staged.save_meta()
-                    f.backend_size = size
-                    self.record(f)
-                elif size > f.backend_size:
-                    await self.backend.resize(f.name, size)
-                    f.backend_size = size
-                    self.record(f)
+                await self._upload_objects(f, touched, size)
                 if f.fresh:
-                    runs = await trio.to_thread.run_sync(
-                        lambda: list(staged.data_runs(f.object_size))
-                    )
-                else:
-                    runs = _object_runs(touched, f.object_size, size)
-                for offset, length in runs:
-                    await self.backend.write_from_file(
-                        f.name, offset, length, str(staged.path), offset
-                    )
-                    self.uploaded += length
-                if f.fresh:
-                    f.used = sum(-(-n // f.object_size) for _, n in runs) * f.object_size
+                    f.used = len(f.in_vdi) * f.object_size
                 f.fresh = False
+                f.in_vdi = set()
                 self.files_uploaded += 1
                 self.record(f)
-                log.debug("uploaded %r: %d bytes in %d runs", f.name, size, len(runs))
+                log.debug("uploaded %r: %d bytes", f.name, size)
             except BaseException as e:
                 f.stage_dirty = True
                 f.touched |= touched
@@ -310,6 +306,80 @@ class Files:
             if f.old_snapshot:
                 await self._drop_snapshot(f.name, f.old_snapshot)
                 f.old_snapshot = None
+
+    async def _upload_objects(self, f: VdiFile, objects: set[int], size: int) -> None:
+        """Make the VDI ``size`` bytes (creating it if needed) and write ``objects`` into it.
+
+        Runs under ``f.lock``. A VDI created here, or earlier by us for this file (fresh),
+        reads zero wherever we have not written: all-zero objects are skipped there unless
+        we wrote data into them before. In any other VDI every object given is written.
+        """
+        staged = f.staged
+        assert staged is not None
+        osz = f.object_size
+        if not f.exists:
+            await self.backend.create(f.name, size)
+            f.exists = True
+            f.fresh = True
+            f.in_vdi = set()
+            staged.created = True
+            staged.save_meta()
+            f.backend_size = size
+            self.record(f)
+            # Everything the spool holds goes in, whatever was noted as written.
+            objects = objects | await trio.to_thread.run_sync(staged.data_objects, osz)
+        elif size > f.backend_size:
+            await self.backend.resize(f.name, size)
+            f.backend_size = size
+            self.record(f)
+        if f.fresh:
+            nonzero = await trio.to_thread.run_sync(staged.nonzero_objects, objects, osz)
+            objects = nonzero | (objects & f.in_vdi)
+        for offset, length in _object_runs(objects, osz, size):
+            await self.backend.write_from_file(f.name, offset, length, str(staged.path), offset)
+            self.uploaded += length
+            if f.fresh:
+                f.in_vdi.update(range(offset // osz, -(-(offset + length) // osz)))
+
+    def _maybe_write_behind(self, f: VdiFile) -> None:
+        """Start uploading a new file's complete objects while it is still being written."""
+        nursery = self.cache.nursery
+        if (
+            nursery is None
+            or f.lock.locked()
+            or f.behind_failed
+            or f.replace
+            or f.old_snapshot is not None
+            or (f.exists and not f.fresh)
+        ):
+            return
+        complete = f.size // f.object_size
+        ready = sum(1 for index in f.touched if index < complete)
+        if ready * f.object_size >= WRITE_BEHIND_MIN:
+            nursery.start_soon(self._write_behind, f)
+
+    async def _write_behind(self, f: VdiFile) -> None:
+        staged = f.staged
+        async with f.lock:
+            if staged is None or f.staged is not staged or f.unlinked or f.broken or f.replace:
+                return
+            complete = f.size // f.object_size
+            ready = {index for index in f.touched if index < complete}
+            if not ready:
+                return
+            f.touched -= ready
+            try:
+                await self._upload_objects(f, ready, staged.size)
+                log.debug("%r: objects up to %d uploaded while it is written", f.name, max(ready))
+            except BackendError as e:
+                f.touched |= ready
+                f.behind_failed = True
+                if not f.unlinked:
+                    log.warning("upload of %r while it is written failed (close retries): %s",
+                                f.name, e)  # fmt: skip
+            except BaseException:
+                f.touched |= ready
+                raise
 
     async def _set_old_aside(self, f: VdiFile) -> None:
         """Move the VDI's old data into a snapshot and delete the working VDI.
@@ -408,7 +478,29 @@ class Files:
         finally:
             async with f.lock:  # never drop a spool file under an upload
                 if f.opens == 0 and not self._unsaved(f):
-                    self.forget(f)
+                    await self._retire(f)
+
+    async def _retire(self, f: VdiFile) -> None:
+        """Forget a closed file with nothing left to save (under its lock)."""
+        await self._drop_torn_vdi(f)
+        self.forget(f)
+
+    async def _drop_torn_vdi(self, f: VdiFile) -> None:
+        """A new file whose staging copy could not be written is never uploaded; if part of
+        it was uploaded behind the writer (and never all of it), that VDI is deleted again."""
+        torn = f.broken is not None and f.staged is not None and f.staged.created
+        if torn and f.exists and f.fresh:
+            try:
+                await self.backend.delete(f.name)
+                self.catalog.remove(f.name)
+                f.exists = False
+            except BackendError as e:
+                log.error("%r: could not delete its partly uploaded VDI: %s", f.name, e)
+
+    async def abandon(self, f: VdiFile) -> None:
+        """The staging copy of ``f`` is torn: take back what was uploaded of it."""
+        async with f.lock:
+            await self._drop_torn_vdi(f)
 
     def forget(self, f: VdiFile) -> None:
         if f.broken is not None and f.staged is not None:
@@ -417,7 +509,7 @@ class Files:
                 "the incomplete copy is dropped and %s",
                 f.name,
                 f.broken,
-                "the VDI keeps its old data" if f.exists else "no VDI was created",
+                "the VDI keeps its old data" if f.exists else "no VDI is left of it",
             )
         if f.staged is not None:
             f.staged.remove()
@@ -454,7 +546,7 @@ class Files:
                 ok = False
             async with f.lock:
                 if f.opens == 0 and not self._unsaved(f):
-                    self.forget(f)
+                    await self._retire(f)
         return ok
 
 

@@ -153,7 +153,7 @@ class SheepFS(pyfuse3.Operations):
 
     def _file_attrs(self, f: VdiFile) -> pyfuse3.EntryAttributes:
         used = f.used
-        if f.staged is not None and not f.exists:
+        if f.staged is not None and (not f.exists or f.fresh):
             used = os.fstat(f.staged.fd).st_blocks * 512
         return self._attrs(f.id, f.size, f.ctime, used, f.object_size)
 
@@ -332,6 +332,7 @@ class SheepFS(pyfuse3.Operations):
         # close() waits for FLUSH, not RELEASE: this is where upload errors reach the user.
         f = self._handles[fh]
         if f.broken is not None:
+            await self._guard("flush", f.name, lambda: self.files.abandon(f))
             raise pyfuse3.FUSEError(errno_for(f.broken))
         if f.staged is not None and not f.exists and f.size == 0 and not f.touched:
             return  # the flush before any data (e.g. `cmd > new`): release creates it empty

@@ -1,7 +1,8 @@
 """The spool: new files live here, on local disk, until their VDI holds the data.
 
 Sheepdog fixes a VDI's size at creation, so a new file is written to a sparse spool file and
-its VDI is created with the final size when the file is closed. Each spool file has a small
+its VDI is created when the file is closed, or once enough of it is written to start
+uploading it behind the writer (see :mod:`sheepfs.files`). Each spool file has a small
 JSON sidecar naming its VDI, so data left behind by a crash can be found and named later.
 """
 
@@ -14,7 +15,7 @@ import logging
 import os
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,28 +74,24 @@ class StagedFile:
         """Record what a later run needs to know to finish or report this file."""
         _write_meta(self.meta_path, self.vdi_name, created=self.created, replaces=self.replaces)
 
-    def data_runs(self, object_size: int) -> Iterator[tuple[int, int]]:
-        """Object-aligned ``(offset, length)`` runs holding non-zero bytes.
+    def data_objects(self, object_size: int) -> set[int]:
+        """Indexes of the objects holding any allocated extent (holes are skipped)."""
+        return {start // object_size for start in _data_objects(self.fd, self.size, object_size)}
 
-        Holes are skipped with SEEK_DATA/SEEK_HOLE, objects of explicit zeros by looking at
-        them, and neighbouring non-zero objects are merged so each run costs one upload.
-        Runs are clipped to the file size. CPU-heavy: call it from a worker thread.
+    def nonzero_objects(self, indexes: Iterable[int], object_size: int) -> set[int]:
+        """Those of ``indexes`` whose object holds a non-zero byte (inside the file).
+
+        Reads each object: CPU- and memory-heavy, so call it from a worker thread.
         """
         size = self.size
         zero = bytes(object_size)
-        run_start = run_end = -1
-        for obj_start in _data_objects(self.fd, size, object_size):
-            length = min(object_size, size - obj_start)
-            if os.pread(self.fd, length, obj_start) == zero[:length]:
-                continue
-            if obj_start == run_end:
-                run_end = obj_start + length
-                continue
-            if run_start >= 0:
-                yield run_start, run_end - run_start
-            run_start, run_end = obj_start, obj_start + length
-        if run_start >= 0:
-            yield run_start, run_end - run_start
+        found = set()
+        for index in indexes:
+            start = index * object_size
+            length = min(object_size, size - start)
+            if length > 0 and os.pread(self.fd, length, start) != zero[:length]:
+                found.add(index)
+        return found
 
     def close(self) -> None:
         if self.fd >= 0:
