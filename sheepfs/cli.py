@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import errno
 import logging
 import logging.handlers
@@ -319,7 +318,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     fs.after_init = lambda: _raise_read_ahead(mountpoint)
     log.info("mounted %s on %s", fsname, mountpoint)
-    _keep_freed_memory()
     _tell_parent(notify, 0)
     daemon = Daemon(backend, fs, spool, mountpoint)
     try:
@@ -340,22 +338,6 @@ def main(argv: list[str] | None = None) -> int:
         "all data saved" if saved else "SOME DATA COULD NOT BE SAVED (see above)",
     )
     return 0 if saved else 1
-
-
-def _keep_freed_memory() -> None:
-    """Let glibc reuse freed chunk buffers instead of returning them to the kernel.
-
-    Every cached chunk is a multi-MiB buffer; by default glibc maps each one fresh and unmaps
-    it when the chunk is evicted, so every new chunk pays ~1000 page faults. Keeping freed
-    memory (bounded by the cache budget) makes a streamed read a plain copy.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-8, 1)  # M_ARENA_MAX: read-ahead threads share (and reuse) one heap
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: chunks come from the heap
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: freed chunks stay for the next ones
-    except (OSError, AttributeError):
-        pass
 
 
 def _clear_dead_mount(mountpoint: str) -> None:
