@@ -55,6 +55,7 @@ class VdiFile(ObjectGeometry):
     in_vdi: set[int] = field(default_factory=set)  # objects of a fresh VDI holding our data
     behind_failed: bool = False  # an upload behind the writer failed: the rest waits for close
     opens: int = 0
+    direct_io: bool = False  # its open handles bypass the kernel's page cache
     unlinked: bool = False
     broken: OSError | None = None  # a staged write failed: never upload a torn file
     replace: bool = False  # the VDI ``name`` holds old data the staged file replaces

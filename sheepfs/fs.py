@@ -266,18 +266,23 @@ class SheepFS(pyfuse3.Operations):
         self._handles[fh] = f
         return fh
 
-    def _file_info(self, fh: int, f: VdiFile) -> pyfuse3.FileInfo:
+    def _file_info(self, fh: int, f: VdiFile, writing: bool) -> pyfuse3.FileInfo:
         """How the kernel caches this open (pyfuse3 would keep the page cache by default).
 
-        Cached pages are kept only while another handle has the file open, or for a new
-        file of ours: between opens another Sheepdog client may have changed the VDI.
-        ``--direct-io`` bypasses the page cache altogether: one copy less, which large-block
-        readers and writers (dd bs=1M) gain from, but no kernel read-ahead, so small reads
-        (sha256sum's 32 KiB, tar's 10 KiB) each cost a request.
+        A file first opened for writing bypasses the page cache (``direct_io``), and so do
+        the handles that overlap that one: without the writeback cache every write comes
+        to us anyway, and skipping the page-cache copy makes writes faster. Readers go
+        through the page cache, so the kernel's read-ahead turns small reads (sha256sum's
+        32 KiB, qemu-img's) into 1 MiB requests; ``--direct-io`` bypasses it for them too
+        (faster for large-block readers such as dd bs=1M, much slower for small ones).
+        Handles of one file never mix the two, so none sees stale pages. Cached pages are
+        kept only while another handle has the file open, or for a new file of ours:
+        between opens another Sheepdog client may have changed the VDI.
         """
-        return pyfuse3.FileInfo(
-            fh=fh, direct_io=self.opts.direct_io, keep_cache=f.opens > 1 or not f.exists
-        )
+        if f.opens <= 1:  # the first handle decides for every handle that overlaps it
+            f.direct_io = writing or self.opts.direct_io
+        keep = not f.direct_io and (f.opens > 1 or not f.exists)
+        return pyfuse3.FileInfo(fh=fh, direct_io=f.direct_io, keep_cache=keep)
 
     async def open(self, inode, flags, ctx):
         writing = flags & os.O_ACCMODE != os.O_RDONLY
@@ -295,7 +300,7 @@ class SheepFS(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENOENT)
             f = self.files.open_live(inode, info)
         fh = self._new_handle(f)
-        fi = self._file_info(fh, f)
+        fi = self._file_info(fh, f, writing)
         if flags & os.O_TRUNC and f.size:
             # libfuse negotiates atomic O_TRUNC: the truncation arrives here, not in setattr.
             try:
@@ -317,7 +322,7 @@ class SheepFS(pyfuse3.Operations):
         ino = self.ino_for(vdi)
         f = await self._guard("create", vdi, lambda: _sync(lambda: self.files.create(ino, vdi)))
         log.debug("staging new file %r in %s", vdi, f.staged.path if f.staged else "?")
-        return self._file_info(self._new_handle(f), f), self._file_attrs(f)
+        return self._file_info(self._new_handle(f), f, writing=True), self._file_attrs(f)
 
     async def read(self, fh, off, size):
         f = self._handles[fh]

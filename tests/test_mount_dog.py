@@ -183,6 +183,22 @@ def test_a_vdi_changed_by_another_client_is_read_fresh_on_the_next_open(store, m
     assert (mnt.path / "img").read_bytes()[:4096] == b"B" * 4096
 
 
+@pytest.mark.parametrize("reader_first", [True, False])
+def test_a_reader_and_a_writer_of_one_file_see_the_same_bytes(store, mnt, reader_first):
+    """Writers bypass the page cache; a reader open at the same time must not keep stale
+    pages, whichever of the two opened the file first."""
+    store.create(b"img", 8 * MiB, b"A" * 8192)
+    path = mnt.path / "img"
+    first, second = ("rb", "r+b") if reader_first else ("r+b", "rb")
+    with open(path, first, buffering=0) as a, open(path, second, buffering=0) as b:
+        reader, writer = (a, b) if reader_first else (b, a)
+        assert reader.read(8192) == b"A" * 8192  # now cached, if the reader caches
+        writer.seek(4096)
+        writer.write(b"B" * 4096)
+        reader.seek(0)
+        assert reader.read(8192) == b"A" * 4096 + b"B" * 4096
+
+
 def test_direct_io_mount_round_trip(store, tmp_path):
     data = os.urandom(9 * MiB + 5)
     with mount_of(store, tmp_path, "-o", "direct_io") as m:
