@@ -85,11 +85,19 @@ class StagedFile:
         """
         size = self.size
         zero = bytes(object_size)
+        buf = bytearray(object_size)  # one buffer for all: no allocation per object
         found = set()
-        for index in indexes:
+        for index in sorted(indexes):
             start = index * object_size
             length = min(object_size, size - start)
-            if length > 0 and os.pread(self.fd, length, start) != zero[:length]:
+            if length <= 0:
+                continue
+            got = os.preadv(self.fd, [buf], start) if length == object_size else 0
+            if got == object_size:
+                nonzero = buf != zero
+            else:  # the last, short object (or a short read)
+                nonzero = os.pread(self.fd, length, start) != zero[:length]
+            if nonzero:
                 found.add(index)
         return found
 
