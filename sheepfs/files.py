@@ -53,6 +53,7 @@ class VdiFile(ObjectGeometry):
     fresh: bool = False  # VDI made by us and never fully written: unwritten parts are zero
     touched: set[int] = field(default_factory=set)  # objects written since the last upload
     in_vdi: set[int] = field(default_factory=set)  # objects of a fresh VDI holding our data
+    has_data: set[int] = field(default_factory=set)  # staged objects given non-zero bytes
     behind_failed: bool = False  # an upload behind the writer failed: the rest waits for close
     opens: int = 0
     direct_io: bool = False  # its open handles bypass the kernel's page cache
@@ -187,6 +188,12 @@ class Files:
             f.stage_dirty = True
             first, last = offset // f.object_size, max(offset, end - 1) // f.object_size
             f.touched.update(range(first, last + 1))
+            # Noted per object, so the upload need not read these objects back to know.
+            for index in range(first, last + 1):
+                lo = max(offset, index * f.object_size) - offset
+                hi = min(end, (index + 1) * f.object_size) - offset
+                if _has_data(data if hi - lo == len(data) else data[lo:hi]):
+                    f.has_data.add(index)
             f.size = max(f.size, end)
             self._maybe_write_behind(f)
             return len(data)
@@ -334,7 +341,10 @@ class Files:
             f.backend_size = size
             self.record(f)
         if f.fresh:
-            nonzero = await trio.to_thread.run_sync(staged.nonzero_objects, objects, osz)
+            unknown = objects - f.has_data  # only zeros written there, or not through us
+            nonzero = objects & f.has_data
+            if unknown:
+                nonzero |= await trio.to_thread.run_sync(staged.nonzero_objects, unknown, osz)
             objects = nonzero | (objects & f.in_vdi)
         for offset, length in _object_runs(objects, osz, size):
             await self.backend.write_from_file(f.name, offset, length, str(staged.path), offset)
@@ -549,6 +559,18 @@ class Files:
                 if f.opens == 0 and not self._unsaved(f):
                     await self._retire(f)
         return ok
+
+
+_ZERO_MIB = bytes(1 << 20)
+
+
+def _has_data(data: bytes) -> bool:
+    """Whether ``data`` holds a non-zero byte, at memcmp speed (no per-byte Python work)."""
+    if not data:
+        return False
+    if data[0] or data[-1]:
+        return True
+    return data != (_ZERO_MIB if len(data) == len(_ZERO_MIB) else bytes(len(data)))
 
 
 def _tag(purpose: str) -> str:
