@@ -185,3 +185,17 @@ def test_dog_calls_of_a_large_copy(dog_store, tmp_path):
     assert len(creates) == 1
     assert 1 <= len(writes) <= len(data) // WRITE_BEHIND_MIN + 1
     assert len(resizes) <= len(writes)
+
+
+def test_shrunk_after_the_upload_began(mounted):
+    """Sheepdog cannot shrink the VDI begun behind the writer: close replaces it."""
+    data = os.urandom(WRITE_BEHIND_MIN + 2 * OBJ)
+    keep = 10 * MiB + 3
+    with open(mounted.path / "cut", "wb") as f:
+        f.write(data)
+        f.flush()
+        wait_for(lambda: uploading(mounted), "the upload behind the writer")
+        f.truncate(keep)
+    assert mounted.store.vdis()[b"cut"][0] == keep
+    assert mounted.store.read(b"cut") == data[:keep]
+    assert mounted.store.snapshots() == []  # the old VDI's snapshot is dropped
