@@ -16,6 +16,7 @@ from typing import Protocol
 
 import trio
 
+from . import buffers
 from .backends.base import Backend
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,9 @@ class Chunk:
         if len(self.data) < end or not isinstance(self.data, bytearray):
             # One new buffer, as long as the chunk will be, instead of growing it per write.
             natural = min(self.file.object_size, max(0, self.file.size - self.start))
-            grown = bytearray(max(end, natural, len(self.data)))
+            # Not zeroed: bytes outside ``dirty`` are never read before _fill merges the
+            # backend's content under the dirty ones.
+            grown = buffers.take(max(end, natural, len(self.data)))
             grown[: len(self.data)] = self.data
             self.data = grown
         self.data[offset:end] = data
@@ -177,13 +180,24 @@ class ChunkCache:
                 del self._by_file[chunk.file.id]
             self.used -= chunk.file.object_size
 
+    def _recycle(self, chunk: Chunk) -> None:
+        """Forget a clean, idle chunk and keep its buffer for the next chunk.
+
+        Only here: a clean chunk that is neither loading nor being written back is held by
+        no coroutine across an await, and views of it (a reply being sent) keep its buffer
+        from being reused (see :func:`buffers.give`).
+        """
+        self._forget(chunk)
+        buf, chunk.data = chunk.data, b""
+        buffers.give(buf)
+
     async def _make_room(self, need: int) -> None:
         """Evict least recently used chunks until ``need`` more bytes fit the budget."""
         while self.used + need > self.budget:
             idle = [c for c in self._lru.values() if c.loading is None and not c.pinned]
             victim = next((c for c in idle if not c.dirty), None)
             if victim is not None:
-                self._forget(victim)
+                self._recycle(victim)
                 continue
             if idle:
                 await self.flush(idle[0].file)  # raises if the data cannot be written
@@ -411,7 +425,7 @@ class ChunkCache:
         self._stop_stream(f)
         for chunk in list(self._by_file.get(f.id, {}).values()):
             if not chunk.dirty and chunk.loading is None and not chunk.pinned:
-                self._forget(chunk)
+                self._recycle(chunk)
 
     def truncate(self, f: CachedFile, size: int) -> None:
         """Forget cached bytes at and past ``size`` (the file shrank)."""

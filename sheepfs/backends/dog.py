@@ -8,7 +8,6 @@ to stdout with exit 64); and ``vdi delete``, which always exits 0, is judged by 
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import logging
 import os
@@ -21,6 +20,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from .. import buffers
 from ..errors import (
     BackendError,
     Exists,
@@ -88,23 +88,6 @@ def error_for(op: str, name: bytes | None, rc: int, stderr: bytes) -> BackendErr
     return BackendError(op, name, detail)
 
 
-def _new_buffer_factory():
-    """``bytearray(n)`` without zero-filling it (CPython's own constructor, via ctypes).
-
-    A streaming read overwrites every byte of each piece, so zeroing 4 MiB first would
-    only cost memory bandwidth (a memset, and a page fault per 4 KiB on fresh memory).
-    """
-    try:
-        make = ctypes.pythonapi.PyByteArray_FromStringAndSize
-    except AttributeError:  # not CPython
-        return bytearray
-    make.restype = ctypes.py_object
-    make.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
-    return lambda n: make(None, n)
-
-
-_new_buffer = _new_buffer_factory()
-
 #: Pieces a streaming read may hold that the consumer has not taken yet.
 _PIECES_AHEAD = 4
 
@@ -131,7 +114,7 @@ class _Pump:
                 self.slots.acquire()
                 if self.stopped:
                     break
-                buf = _new_buffer(self.piece_size)
+                buf = buffers.take(self.piece_size)  # filled below: never zeroed first
                 with memoryview(buf) as view:
                     have = 0
                     while have < self.piece_size:
