@@ -26,7 +26,7 @@ from .backends.base import DEFAULT_BLOCK_SIZE_SHIFT, Backend, ObjectGeometry, Vd
 from .cache import ChunkCache
 from .catalog import Catalog
 from .errors import BackendError, TooLarge
-from .staging import Spool, StagedFile
+from .staging import Spool, StagedFile, has_data
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,9 @@ class Files:
         ``info`` is the VDI of that name if it exists; it must be one this spool file
         created (then its data is written again into it), the caller checks that.
         """
-        objects = staged.data_objects(info.object_size if info else 1 << DEFAULT_BLOCK_SIZE_SHIFT)
+        # Which objects an interrupted upload got to is unknown: write them all again. (With
+        # no VDI yet, the upload creates it and takes every object the spool holds anyway.)
+        objects = staged.data_objects(info.object_size) if info else set()
         f = VdiFile(
             id=ino,
             name=staged.vdi_name,
@@ -161,9 +163,8 @@ class Files:
             files=self,
             staged=staged,
             stage_dirty=True,
-            # Which objects an interrupted upload got to is unknown: write them all again.
             touched=objects,
-            in_vdi=set(objects) if info else set(),
+            in_vdi=set(objects),
         )
         self.by_id[ino] = f
         return f
@@ -192,7 +193,7 @@ class Files:
             for index in range(first, last + 1):
                 lo = max(offset, index * f.object_size) - offset
                 hi = min(end, (index + 1) * f.object_size) - offset
-                if _has_data(data if hi - lo == len(data) else data[lo:hi]):
+                if has_data(data if hi - lo == len(data) else data[lo:hi]):
                     f.has_data.add(index)
             f.size = max(f.size, end)
             self._maybe_write_behind(f)
@@ -364,9 +365,7 @@ class Files:
             or (f.exists and not f.fresh)
         ):
             return
-        complete = f.size // f.object_size
-        ready = sum(1 for index in f.touched if index < complete)
-        if ready * f.object_size >= WRITE_BEHIND_MIN:
+        if len(_complete_touched(f)) * f.object_size >= WRITE_BEHIND_MIN:
             nursery.start_soon(self._write_behind, f)
 
     async def _write_behind(self, f: VdiFile) -> None:
@@ -374,8 +373,7 @@ class Files:
         async with f.lock:
             if staged is None or f.staged is not staged or f.unlinked or f.broken or f.replace:
                 return
-            complete = f.size // f.object_size
-            ready = {index for index in f.touched if index < complete}
+            ready = _complete_touched(f)
             if not ready:
                 return
             f.touched -= ready
@@ -561,16 +559,10 @@ class Files:
         return ok
 
 
-_ZERO_MIB = bytes(1 << 20)
-
-
-def _has_data(data: bytes) -> bool:
-    """Whether ``data`` holds a non-zero byte, at memcmp speed (no per-byte Python work)."""
-    if not data:
-        return False
-    if data[0] or data[-1]:
-        return True
-    return data != (_ZERO_MIB if len(data) == len(_ZERO_MIB) else bytes(len(data)))
+def _complete_touched(f: VdiFile) -> set[int]:
+    """Objects written since the last upload that the file has grown past (complete)."""
+    complete = f.size // f.object_size
+    return {index for index in f.touched if index < complete}
 
 
 def _tag(purpose: str) -> str:
