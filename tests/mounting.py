@@ -158,6 +158,17 @@ class Mount:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=timeout)
 
+    def crash(self, *open_fds: int) -> None:
+        """SIGKILL the daemon, as a crash would, then close the test's descriptors on the
+        dead mount (closing them may fail: nobody answers)."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        for fd in open_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     def cleanup(self) -> None:
         if is_mounted(self.path):  # also a dead mount, which ismount() cannot see
             r = subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True)
@@ -201,6 +212,13 @@ def start_mount(store: Store, base: Path, *extra: str, wait: bool = True) -> Mou
     return m
 
 
+def wait_for(predicate, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 # -- pytest fixtures (this module is loaded as a plugin: see pyproject's addopts) ----------
 
 
@@ -212,6 +230,12 @@ def store_kinds() -> list[str]:
 @pytest.fixture(params=store_kinds())
 def any_store(request, tmp_path) -> Store:
     return make_store(request.param, tmp_path / "store")
+
+
+@pytest.fixture
+def dog_store(tmp_path) -> Store:
+    """A fake dog cluster (for the tests of its fault switches)."""
+    return make_store("dog", tmp_path / "store")
 
 
 @contextmanager

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -30,12 +29,7 @@ def test_sigkill_during_cp_then_remount_uploads_the_spool(any_store, tmp_path):
     try:
         fd = os.open(m.path / "big", os.O_WRONLY | os.O_CREAT, 0o644)
         os.write(fd, data)  # staged, not yet closed: nothing is in the store
-        m.proc.send_signal(signal.SIGKILL)
-        m.proc.wait(timeout=10)
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+        m.crash(fd)
     finally:
         m.cleanup()
     leftovers = sorted(p.name for p in m.spool.iterdir())
@@ -184,11 +178,6 @@ def test_arbitrary_names_never_crash_the_daemon(mounted, name):
 
 
 # -- a failing cluster (fake dog switches) -----------------------------------------------------
-
-
-@pytest.fixture
-def dog_store(tmp_path):
-    return make_store("dog", tmp_path / "store")
 
 
 def test_cluster_unreachable_while_mounted(dog_store, tmp_path):

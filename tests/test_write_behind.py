@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import subprocess
 import time
 
@@ -15,23 +14,11 @@ import pytest
 
 from sheepfs.files import WRITE_BEHIND_MIN
 from tests.fakedog import control
-from tests.mounting import make_store, start_mount
+from tests.mounting import start_mount, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 MiB = 1 << 20
 OBJ = 4 * MiB
-
-
-def wait_for(predicate, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-@pytest.fixture
-def dog_store(tmp_path):
-    return make_store("dog", tmp_path / "store")
 
 
 def uploading(m) -> bool:
@@ -149,12 +136,7 @@ def test_sigkill_after_the_upload_began_then_remount_finishes_it(dog_store, tmp_
         fd = os.open(m.path / "big", os.O_WRONLY | os.O_CREAT, 0o644)
         os.write(fd, data)
         wait_for(lambda: uploading(m), "the upload behind the writer")
-        m.proc.send_signal(signal.SIGKILL)
-        m.proc.wait(timeout=10)
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+        m.crash(fd)
     finally:
         m.cleanup()
     m2 = start_mount(dog_store, tmp_path)
