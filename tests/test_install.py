@@ -37,9 +37,27 @@ def test_version_and_help():
     assert out.stdout.startswith("sheepfs ")
     text = subprocess.run([SHEEPFS, "--help"], capture_output=True, text=True, check=True).stdout
     options = "--address --port --dog --timeout --local --foreground --ro --allow-other --uid"
-    options += " --gid --umask --attr-timeout --spool-dir --cache-size --list-ttl --debug"
+    options += " --gid --umask --attr-timeout --direct-io --spool-dir --cache-size --list-ttl"
+    options += " --debug"
     for option in (options + " --log-file -o").split():
         assert option in text, option
+
+
+@pytest.mark.timeout(300)
+def test_demo_script_mounts_a_working_store(tmp_path):
+    """The README's first Quick start command: set up (idempotent), mount the demo store."""
+    mnt, store = tmp_path / "demo", tmp_path / "demo-store"
+    env = {**os.environ, "SHEEPFS_DEMO_STORE": str(store)}
+    try:
+        subprocess.run([str(ROOT / "scripts" / "demo"), str(mnt)], env=env, check=True,
+                       capture_output=True, timeout=240)  # fmt: skip
+        wait_mounted(mnt)
+        (mnt / "hello").write_bytes(b"demo data\n")
+        assert (mnt / "hello").read_bytes() == b"demo data\n"
+        assert sorted(os.listdir(mnt)) == ["hello"]
+    finally:
+        unmount(mnt)
+    assert make_store("local", store).read(b"hello") == b"demo data\n"
 
 
 def test_local_round_trip(tmp_path):
