@@ -645,15 +645,26 @@ def cmd_vdi_write(store: Store, opts: dict, args: list[bytes]) -> None:
         data += bytes(n - len(data))  # short stdin: the chunk is zero-filled
         faults.nospace(vid, idx, i)
         allocating = i["index"].get(str(idx), 0) != vid
-        put_object(store, vid, i, idx, within, data)
-        pacer.moved_bytes(n, alloc if allocating else overwrite)
+        if allocating and alloc:
+            # Paced first: the object's share of the time is also the window in which a
+            # concurrent creator wipes our data, so the two are not slept one after the other.
+            pacer.moved_bytes(n, alloc)
+            put_object(store, vid, i, idx, within, data, window=0.0)
+        else:
+            put_object(store, vid, i, idx, within, data)
+            pacer.moved_bytes(n, overwrite)
         pos += n
         if short:
             break
 
 
-def put_object(store: Store, vid: int, i: dict, idx: int, within: int, data: bytes) -> None:
-    """Write into one object: in place, create-and-write, or copy-on-write."""
+def put_object(
+    store: Store, vid: int, i: dict, idx: int, within: int, data: bytes, window: float = 0.02
+) -> None:
+    """Write into one object: in place, create-and-write, or copy-on-write.
+
+    ``window``: how long a new object stays in flight before it lands (cli-facts 0.2).
+    """
     osz = object_size(i)
     owner = i["index"].get(str(idx), 0)
     path = store.obj_path(vid, idx)
@@ -679,8 +690,8 @@ def put_object(store: Store, vid: int, i: dict, idx: int, within: int, data: byt
                     if block.count(0) != len(block):
                         os.pwrite(fd, block, pos)
                     pos += len(block)
-        if owner == 0:
-            time.sleep(0.02)  # the window in which a concurrent creator wipes our data
+        if owner == 0 and window:
+            time.sleep(window)  # the window in which a concurrent creator wipes our data
         os.pwrite(fd, data, within)
     finally:
         os.close(fd)
