@@ -149,6 +149,7 @@ class ChunkCache:
         self._by_file: dict[int, dict[int, Chunk]] = {}
         self._streams: dict[int, Stream] = {}
         self._seq: dict[int, tuple[int, int]] = {}  # file id -> (next offset, bytes in a row)
+        self._behind: set[int] = set()  # ids of files with a write-behind under way
         self.used = 0
         self.bytes_written = 0
         #: Where streams run; set by the daemon. Without it there is no streaming.
@@ -199,10 +200,13 @@ class ChunkCache:
             if victim is not None:
                 self._recycle(victim)
                 continue
-            if idle:
+            if any(c.pinned for c in self._lru.values()):
+                # A write-back is sending chunks: they are clean once it is done. Waiting
+                # for that, rather than flushing the rest too, lets the writer refill them
+                # while the next write-back goes out.
+                await self._unpinned.wait()
+            elif idle:
                 await self.flush(idle[0].file)  # raises if the data cannot be written
-            elif any(c.pinned for c in self._lru.values()):
-                await self._unpinned.wait()  # a write-back is sending them: wait for it
             else:
                 return  # everything is being loaded: overshoot briefly
 
@@ -267,6 +271,11 @@ class ChunkCache:
                 stream = Stream(f, start, f.backend_size, reader=end)
                 self._streams[f.id] = stream
                 self.nursery.start_soon(self._run_stream, stream)
+
+    def sequential(self, f: CachedFile) -> bool:
+        """Whether ``f`` is being read front to back (it has a stream, or is about to)."""
+        in_a_row = self._seq.get(f.id, (-1, 0))[1]
+        return f.id in self._streams or in_a_row >= self.STREAM_AFTER * f.object_size
 
     def _ahead(self, f: CachedFile) -> int:
         return max(f.object_size, min(self.MAX_AHEAD, self.budget // 2))
@@ -339,9 +348,10 @@ class ChunkCache:
                 chunk = self._lookup(f, index) or self._new(f, index)
             chunk.put(within, view[pos : pos + n])  # no await between lookup and put
             pos += n
-            if self._full(chunk) and self.nursery is not None and not f.lock.locked():
+            if self._full(chunk) and self.nursery is not None and f.id not in self._behind:
                 # Start writing complete chunks back while the writer goes on filling the
                 # next ones: Sheepdog's time then overlaps the copy into the mount.
+                self._behind.add(f.id)
                 self.nursery.start_soon(self._write_behind, f)
 
     @staticmethod
@@ -351,10 +361,15 @@ class ChunkCache:
         return chunk.dirty == [(0, natural)] and natural > 0
 
     async def _write_behind(self, f: CachedFile) -> None:
+        """Write complete chunks back until none is left: one dog call follows the other
+        with whatever the writer completed meanwhile, so Sheepdog is never left idle."""
         try:
-            await self.flush(f, only_full=True)
+            while any(c.dirty and self._full(c) for c in self._by_file.get(f.id, {}).values()):
+                await self.flush(f, only_full=True)
         except Exception as e:  # the data stays dirty; the next flush reports the error
             log.warning("write-behind of %r failed (will retry): %s", f.name, e)
+        finally:
+            self._behind.discard(f.id)
 
     def is_dirty(self, f: CachedFile) -> bool:
         return any(c.dirty for c in self._by_file.get(f.id, {}).values())
@@ -362,7 +377,8 @@ class ChunkCache:
     async def flush(self, f: CachedFile, only_full: bool = False) -> None:
         """Write every dirty byte of ``f`` back, one ``write`` per contiguous run.
 
-        ``only_full``: just the chunks that are dirty from end to end (write-behind).
+        ``only_full`` (write-behind): just the first run of chunks that are dirty from end
+        to end.
         """
         async with f.lock:
             chunks = sorted(
@@ -393,9 +409,13 @@ class ChunkCache:
                             continue
                     runs.append((chunk.start + a, [(chunk, a, b)]))
                     run_bytes = b - a
-                chunk.dirty = []
+            if only_full:
+                # One call per write-behind round: the next round then takes the first run
+                # together with what the writer completed meanwhile, not a short leftover.
+                runs = runs[:1]
             for _, parts in runs:
                 for c, _, _ in parts:
+                    c.dirty = []  # whole chunks: only_full takes complete chunks only
                     c.pinned += 1
             for i, (start, parts) in enumerate(runs):
                 # Views, not copies: a write racing with this one marks its range dirty

@@ -24,6 +24,7 @@ from .catalog import Catalog
 from .errors import BackendError
 from .files import Files
 from .fs import Options, SheepFS
+from .pagecache import raise_read_ahead
 from .sizes import parse_size
 from .staging import Spool, SpoolError, default_spool_dir
 
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot mount on %s: %s", mountpoint, e)
         _tell_parent(notify, 1)
         return 1
-    fs.after_init = lambda: _raise_read_ahead(mountpoint)
+    fs.after_init = lambda: raise_read_ahead(mountpoint)
     log.info("mounted %s on %s", fsname, mountpoint)
     _tell_parent(notify, 0)
     daemon = Daemon(backend, fs, spool, mountpoint)
@@ -365,32 +366,6 @@ def _clear_dead_mount(mountpoint: str) -> None:
         if e.errno == errno.ENOTCONN:
             log.warning("%s: clearing the dead mount a crashed sheepfs left", mountpoint)
             subprocess.run(["fusermount3", "-uz", mountpoint], check=False)
-
-
-#: Kernel read-ahead for the mount, KiB. The default 128 KiB splits a sequential read into
-#: 128 KiB FUSE requests; 4 MiB (one object) gives 1 MiB requests, an eighth as many.
-READ_AHEAD_KB = 4096
-
-
-def _raise_read_ahead(mountpoint: str) -> None:
-    """Raise the mount's read-ahead through sysfs (root only; best effort).
-
-    The kernel sets read-ahead from the INIT reply, so this runs on the first request after
-    it. The device number comes from /proc/self/mountinfo: a stat() of the mount point from
-    the FUSE loop's own thread would wait for itself.
-    """
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if fields[4] == mountpoint:
-                    device = fields[2]
-        path = f"/sys/class/bdi/{device}/read_ahead_kb"
-        with open(path, "w") as f:
-            f.write(str(READ_AHEAD_KB))
-        log.debug("read-ahead of %s set to %d KiB", mountpoint, READ_AHEAD_KB)
-    except (OSError, UnboundLocalError, IndexError) as e:
-        log.debug("could not raise the read-ahead of %s: %s", mountpoint, e)
 
 
 def _daemonize() -> int:

@@ -22,6 +22,7 @@ from .catalog import Catalog
 from .errors import BackendError, NotFound, errno_for
 from .files import Files, VdiFile
 from .names import BadName, decode, encode
+from .pagecache import DropBehind
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class SheepFS(pyfuse3.Operations):
         self._handles: dict[int, VdiFile] = {}
         self._next_fh = 1
         self.errors = 0
+        self.drop_behind = DropBehind()
         #: Run once, on the first request after FUSE's INIT (the kernel is set up by then).
         self.after_init: Callable[[], None] | None = None
 
@@ -326,7 +328,10 @@ class SheepFS(pyfuse3.Operations):
 
     async def read(self, fh, off, size):
         f = self._handles[fh]
-        return await self._guard("read", f.name, lambda: self.files.read(f, off, size))
+        data = await self._guard("read", f.name, lambda: self.files.read(f, off, size))
+        if not f.direct_io and self.files.cache.sequential(f):
+            self.drop_behind.read(f.id, off)
+        return data
 
     async def write(self, fh, off, buf):
         self._check_writable()
@@ -351,6 +356,8 @@ class SheepFS(pyfuse3.Operations):
 
     async def release(self, fh):
         f = self._handles.pop(fh)
+        if f.opens <= 1:
+            self.drop_behind.forget(f.id)
         try:
             await self._guard("release", f.name, lambda: self.files.release(f))
         except pyfuse3.FUSEError:

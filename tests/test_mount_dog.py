@@ -183,6 +183,36 @@ def test_a_vdi_changed_by_another_client_is_read_fresh_on_the_next_open(store, m
     assert (mnt.path / "img").read_bytes()[:4096] == b"B" * 4096
 
 
+def resident_bytes(path) -> int:
+    """How much of ``path`` is in the page cache (fincore opens it once more)."""
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return int(out.stdout)
+
+
+def test_a_sequential_reader_leaves_few_pages_behind_and_reads_back_right(store, mnt):
+    """Pages behind a sequential reader are dropped (the next open would drop them
+    anyway); what a reader goes back to is fetched again, not lost."""
+    data = os.urandom(160 * MiB)
+    store.create(b"big", len(data), data)
+    with open(mnt.path / "big", "rb", buffering=0) as f:
+        got = bytearray()
+        while piece := f.read(MiB):
+            got += piece
+        assert got == data
+        # While this handle is open, fincore's own open keeps the pages, so it sees them.
+        assert resident_bytes(mnt.path / "big") <= 48 * MiB
+        f.seek(0)
+        assert f.read(8 * MiB) == data[: 8 * MiB]
+        f.seek(100 * MiB)
+        assert f.read(MiB) == data[100 * MiB : 101 * MiB]
+    with open(mnt.path / "big", "rb") as a, open(mnt.path / "big", "rb") as b:
+        assert a.read(50 * MiB) == data[: 50 * MiB]  # b keeps no pages of its own...
+        assert b.read() == data  # ...and reads everything right after a dropped some
+
+
 @pytest.mark.parametrize("reader_first", [True, False])
 def test_a_reader_and_a_writer_of_one_file_see_the_same_bytes(store, mnt, reader_first):
     """Writers bypass the page cache; a reader open at the same time must not keep stale
@@ -260,6 +290,26 @@ def test_stat_twice_within_the_ttl_costs_no_dog_call(store, tmp_path):
         assert store.dog_calls() == before
     finally:
         m.cleanup()
+
+
+def test_an_overwrite_larger_than_the_cache_goes_out_in_long_calls(store, tmp_path):
+    """A writer that outruns Sheepdog gets one long write after the other (half the cache
+    each), not the leftovers of a full cache flushed in short calls."""
+    data = os.urandom(96 * MiB)
+    store.create(b"ow", len(data), bytes(len(data)))
+    control.set_config(store.path, write_bandwidth=100 * MiB)  # slower than the writer
+    with mount_of(store, tmp_path, "--cache-size", "16M") as m:
+        before = len(control.calls(store.path))
+        with open(m.path / "ow", "r+b", buffering=0) as f:
+            for at in range(0, len(data), MiB):
+                f.write(data[at : at + MiB])
+            os.fsync(f.fileno())
+        writes = [c for c in control.calls(store.path)[before:] if c[:2] == ["vdi", "write"]]
+    assert store.read(b"ow") == data
+    lengths = [int(c[-1]) for c in writes]
+    assert sum(lengths) == len(data)
+    # The first call goes out as soon as one chunk is complete; the last takes the rest.
+    assert all(n == 8 * MiB for n in lengths[2:-1]), lengths
 
 
 def test_ls_l_of_many_vdis_costs_one_list(store, mnt):
