@@ -51,11 +51,16 @@ def raise_read_ahead(mountpoint: str) -> None:
 
 
 def _fuse_device() -> int | None:
-    """Our descriptor of /dev/fuse (pyfuse3 does not give it out); None if there is none."""
+    """A descriptor of our /dev/fuse (pyfuse3 does not give its own out); None if none.
+
+    It is a duplicate, kept open until the process ends: once libfuse closes its own at
+    unmount, the number could be reused (a pipe to dog, say) while a notification is still
+    queued for it. Writes to it after the unmount fail with ENODEV instead.
+    """
     for name in os.listdir("/proc/self/fd"):
         try:
             if os.readlink(f"/proc/self/fd/{name}") == "/dev/fuse":
-                return int(name)
+                return os.dup(int(name))
         except OSError:
             continue
     return None
