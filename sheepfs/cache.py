@@ -364,8 +364,8 @@ class ChunkCache:
         """Write complete chunks back until none is left: one dog call follows the other
         with whatever the writer completed meanwhile, so Sheepdog is never left idle."""
         try:
-            while any(c.dirty and self._full(c) for c in self._by_file.get(f.id, {}).values()):
-                await self.flush(f, only_full=True)
+            while await self.flush(f, only_full=True):
+                pass
         except Exception as e:  # the data stays dirty; the next flush reports the error
             log.warning("write-behind of %r failed (will retry): %s", f.name, e)
         finally:
@@ -374,11 +374,11 @@ class ChunkCache:
     def is_dirty(self, f: CachedFile) -> bool:
         return any(c.dirty for c in self._by_file.get(f.id, {}).values())
 
-    async def flush(self, f: CachedFile, only_full: bool = False) -> None:
+    async def flush(self, f: CachedFile, only_full: bool = False) -> bool:
         """Write every dirty byte of ``f`` back, one ``write`` per contiguous run.
 
         ``only_full`` (write-behind): just the first run of chunks that are dirty from end
-        to end.
+        to end. Returns whether there was anything to write.
         """
         async with f.lock:
             chunks = sorted(
@@ -390,7 +390,7 @@ class ChunkCache:
                 key=lambda c: c.index,
             )
             if not chunks:
-                return
+                return False
             await f.before_writeback()
             # Contiguous dirty ranges make one run each, up to half the budget, so
             # the writer can fill the rest of the cache while a run is on its way.
@@ -432,6 +432,7 @@ class ChunkCache:
                 self.bytes_written += sum(len(v) for v in views)
                 del views
                 self._unpin(runs[i : i + 1])
+        return True
 
     def _unpin(self, runs: list[tuple[int, list[tuple[Chunk, int, int]]]]) -> None:
         for _, parts in runs:

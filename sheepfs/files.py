@@ -233,7 +233,7 @@ class Files:
             while pos < keep:
                 n = min(f.object_size - pos % f.object_size, keep - pos)
                 data = bytes(await self.cache.read(f, pos, n))
-                if data.count(0) != len(data):
+                if has_data(data):
                     staged.pwrite(pos, data)
                 pos += n
             staged.truncate(keep)

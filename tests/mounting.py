@@ -239,6 +239,20 @@ def dog_store(tmp_path) -> Store:
 
 
 @contextmanager
+def small_spool(base: Path, size: int) -> Iterator[Path]:
+    """``base``/spool (where :func:`start_mount` puts it) on a tmpfs of ``size`` bytes, so
+    the spool disk fills up; lazily unmounted afterwards."""
+    spool = base / "spool"
+    spool.mkdir(mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(spool)],
+                   check=True)  # fmt: skip
+    try:
+        yield spool
+    finally:
+        subprocess.run(["umount", "-l", str(spool)], check=False)
+
+
+@contextmanager
 def mount_of(store: Store, base: Path, *extra: str) -> Iterator[Mount]:
     """A mount of ``store``; unmounted (and its daemon reaped) afterwards, whatever happens."""
     m = start_mount(store, base, *extra)

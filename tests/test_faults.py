@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.mounting import FAKEDOG, make_store, start_mount
+from tests.mounting import FAKEDOG, make_store, small_spool, start_mount
 
 pytestmark = pytest.mark.timeout(120)
 MiB = 1 << 20
@@ -68,11 +68,7 @@ def test_new_spool_is_0700(mounted):
 
 
 def test_spool_disk_full_gives_enospc_and_no_vdi(any_store, tmp_path):
-    spool = tmp_path / "spool"
-    spool.mkdir(mode=0o700)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M,mode=0700", "tmpfs", str(spool)],
-                   check=True)  # fmt: skip
-    try:
+    with small_spool(tmp_path, 2 * MiB):
         m = start_mount(any_store, tmp_path)
         try:
             with pytest.raises(OSError) as e:
@@ -84,8 +80,6 @@ def test_spool_disk_full_gives_enospc_and_no_vdi(any_store, tmp_path):
             (m.path / "small").write_bytes(b"still works")  # the mount keeps working
         finally:
             m.cleanup()
-    finally:
-        subprocess.run(["umount", "-l", str(spool)], check=False)
 
 
 @pytest.mark.parametrize("size", [(4 << 40) + 1, 1 << 50])

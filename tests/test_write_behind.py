@@ -14,7 +14,7 @@ import pytest
 
 from sheepfs.files import WRITE_BEHIND_MIN
 from tests.fakedog import control
-from tests.mounting import start_mount, wait_for
+from tests.mounting import small_spool, start_mount, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 MiB = 1 << 20
@@ -85,12 +85,7 @@ def test_zero_objects_stay_unallocated_and_rewrites_land(mounted):
 
 
 def test_spool_full_after_the_upload_began_leaves_no_vdi(any_store, tmp_path):
-    spool = tmp_path / "spool"
-    spool.mkdir(mode=0o700)
-    size = WRITE_BEHIND_MIN + 4 * OBJ
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(spool)],
-                   check=True)  # fmt: skip
-    try:
+    with small_spool(tmp_path, WRITE_BEHIND_MIN + 4 * OBJ) as spool:
         m = start_mount(any_store, tmp_path)
         try:
             with pytest.raises(OSError) as e:
@@ -107,8 +102,6 @@ def test_spool_full_after_the_upload_began_leaves_no_vdi(any_store, tmp_path):
             assert "partly uploaded" not in m.log_text()  # deleting it worked
         finally:
             m.cleanup()
-    finally:
-        subprocess.run(["umount", "-l", str(spool)], check=False)
 
 
 def test_a_failing_upload_behind_the_writer_is_retried_at_close(dog_store, tmp_path):
