@@ -3,8 +3,9 @@
 Chunks are aligned to the VDI's object size because that is Sheepdog's unit of allocation
 and of its first-write race (cli-facts 0.2). Writes land in the cache and are written back
 on flush, fsync, release and eviction, with contiguous dirty ranges across chunks merged
-into one long ``write`` each. All write-back of a file runs under that file's lock, so at
-most one write is ever in flight per chunk.
+into one long ``write`` each, and a chunk scattered with small dirty runs written whole (its
+clean parts read back first) rather than one call per run. All write-back of a file runs
+under that file's lock, so at most one write is ever in flight per chunk.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import trio
 
 from . import buffers
 from .backends.base import Backend
+from .writeback import WriteBack, add_range
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +32,11 @@ class CachedFile(Protocol):
     size: int  # the file's size as the user sees it
     backend_size: int  # the VDI's size in the backend
     object_size: int
+    erasure_coded: bool  # see writeback.WriteBack._short_stripe
     lock: trio.Lock
 
     async def before_writeback(self) -> None:
         """Make the VDI large enough for everything dirty (resize it)."""
-
-
-def _add_range(ranges: list[tuple[int, int]], a: int, b: int) -> list[tuple[int, int]]:
-    """Merge ``[a, b)`` into sorted, disjoint ``ranges``."""
-    out: list[tuple[int, int]] = []
-    for x, y in ranges:
-        if y < a or x > b:
-            out.append((x, y))
-        else:
-            a, b = min(a, x), max(b, y)
-    out.append((a, b))
-    out.sort()
-    return out
 
 
 @dataclass(eq=False)
@@ -65,6 +55,7 @@ class Chunk:
     dirty: list[tuple[int, int]] = field(default_factory=list)
     loading: trio.Event | None = None
     pinned: int = 0  # write-backs sending views of ``data`` right now: not evictable
+    sent: int = 0  # the cache's clock when a write-back of it last ended (see _fresh)
 
     @property
     def start(self) -> int:
@@ -79,9 +70,11 @@ class Chunk:
             # backend's content under the dirty ones.
             grown = buffers.take(max(end, natural, len(self.data)))
             grown[: len(self.data)] = self.data
+            if self.loaded:  # past its loaded content the VDI reads zero (it grows to here)
+                grown[len(self.data) :] = bytes(len(grown) - len(self.data))
             self.data = grown
         self.data[offset:end] = data
-        self.dirty = _add_range(self.dirty, offset, end)
+        self.dirty = add_range(self.dirty, offset, end)
 
     def get(self, offset: int, size: int) -> bytes | memoryview:
         piece = memoryview(self.data)[offset : offset + size]
@@ -103,6 +96,8 @@ class Stream:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     progress: trio.Event = field(default_factory=trio.Event)
     reader_moved: trio.Event = field(default_factory=trio.Event)
+    #: Chunks written back since it began: what it read of them may predate those bytes.
+    written: set[int] = field(default_factory=set)
 
     def covers(self, offset: int) -> bool:
         """Whether the stream will still deliver ``offset``."""
@@ -132,7 +127,7 @@ def _fill(chunk: Chunk, fetched: bytes | bytearray) -> None:
     chunk.loaded = True
 
 
-class ChunkCache:
+class ChunkCache(WriteBack):
     """Chunks of live files under one byte budget; see the module docstring."""
 
     #: Objects' worth of reading in a row before a file gets a stream. Kernel read-ahead
@@ -155,6 +150,7 @@ class ChunkCache:
         #: Where streams run; set by the daemon. Without it there is no streaming.
         self.nursery: trio.Nursery | None = None
         self._unpinned = trio.Event()
+        self._clock = 0  # write-backs ended so far
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -228,15 +224,28 @@ class ChunkCache:
             if chunk.loading is not None:
                 await chunk.loading.wait()
                 continue
+            if chunk.pinned:  # its bytes are on their way: read the backend after them
+                await self._unpinned.wait()
+                continue
             chunk.loading = trio.Event()
+            began = self._clock
             try:
                 length = max(0, min(f.object_size, f.backend_size - chunk.start))
                 fetched = await self.backend.read(f.name, chunk.start, length) if length else b""
-            finally:
-                chunk.loading.set()
-                chunk.loading = None
-            _fill(chunk, fetched)
-            return chunk
+            except BaseException:
+                self._loading_done(chunk)
+                raise
+            if self._settle(chunk, fetched, began):
+                return chunk
+
+    def _settle(self, chunk: Chunk, fetched: bytes | bytearray, began: int) -> bool:
+        """End a fetch of ``chunk`` begun at clock ``began``: fill it in, unless what was
+        read may be stale (see ``_fresh``); then it stays unloaded, to be fetched again."""
+        self._loading_done(chunk)
+        if not self._fresh(chunk, began):
+            return False
+        _fill(chunk, fetched)
+        return True
 
     # -- streaming for sequential readers ----------------------------------------------------
 
@@ -289,7 +298,7 @@ class ChunkCache:
                 async with self.backend.read_stream(f.name, s.start, length, size) as pieces:
                     pos = s.start
                     async for piece in pieces:  # one chunk each, the last one maybe short
-                        await self._install(f, pos // size, piece)
+                        await self._install(s, pos // size, piece)
                         pos += len(piece)
                         s.filled = pos - s.start
                         s.advanced()
@@ -305,12 +314,16 @@ class ChunkCache:
             if self._streams.get(f.id) is s:
                 del self._streams[f.id]
 
-    async def _install(self, f: CachedFile, index: int, data: bytes | bytearray) -> None:
+    async def _install(self, s: Stream, index: int, data: bytes | bytearray) -> None:
+        f = s.file
+        if index in s.written:
+            return  # see _fresh: readers fetch it again
         chunk = self._lookup(f, index)
         if chunk is None:
             await self._make_room(f.object_size)
             chunk = self._lookup(f, index) or self._new(f, index)
-        if not chunk.loaded and chunk.loading is None:
+        busy = chunk.loading is not None or chunk.pinned
+        if not (chunk.loaded or busy or index in s.written):
             _fill(chunk, data)
 
     def _stop_stream(self, f: CachedFile) -> None:
@@ -354,12 +367,6 @@ class ChunkCache:
                 self._behind.add(f.id)
                 self.nursery.start_soon(self._write_behind, f)
 
-    @staticmethod
-    def _full(chunk: Chunk) -> bool:
-        """Whether the whole chunk is dirty (a sequential writer is done with it)."""
-        natural = min(chunk.file.object_size, max(0, chunk.file.size - chunk.start))
-        return chunk.dirty == [(0, natural)] and natural > 0
-
     async def _write_behind(self, f: CachedFile) -> None:
         """Write complete chunks back until none is left: one dog call follows the other
         with whatever the writer completed meanwhile, so Sheepdog is never left idle."""
@@ -373,73 +380,6 @@ class ChunkCache:
 
     def is_dirty(self, f: CachedFile) -> bool:
         return any(c.dirty for c in self._by_file.get(f.id, {}).values())
-
-    async def flush(self, f: CachedFile, only_full: bool = False) -> bool:
-        """Write every dirty byte of ``f`` back, one ``write`` per contiguous run.
-
-        ``only_full`` (write-behind): just the first run of chunks that are dirty from end
-        to end. Returns whether there was anything to write.
-        """
-        async with f.lock:
-            chunks = sorted(
-                (
-                    c
-                    for c in self._by_file.get(f.id, {}).values()
-                    if c.dirty and (not only_full or self._full(c))
-                ),
-                key=lambda c: c.index,
-            )
-            if not chunks:
-                return False
-            await f.before_writeback()
-            # Contiguous dirty ranges make one run each, up to half the budget, so
-            # the writer can fill the rest of the cache while a run is on its way.
-            max_run = max(f.object_size, self.budget // 2)
-            runs: list[tuple[int, list[tuple[Chunk, int, int]]]] = []
-            run_bytes = 0
-            for chunk in chunks:
-                for a, b in chunk.dirty:
-                    if runs:
-                        start, parts = runs[-1]
-                        last_chunk, _, last_b = parts[-1]
-                        contiguous = last_chunk.start + last_b == chunk.start + a
-                        if contiguous and run_bytes + (b - a) <= max_run:
-                            parts.append((chunk, a, b))
-                            run_bytes += b - a
-                            continue
-                    runs.append((chunk.start + a, [(chunk, a, b)]))
-                    run_bytes = b - a
-            if only_full:
-                # One call per write-behind round: the next round then takes the first run
-                # together with what the writer completed meanwhile, not a short leftover.
-                runs = runs[:1]
-            for _, parts in runs:
-                for c, _, _ in parts:
-                    c.dirty = []  # whole chunks: only_full takes complete chunks only
-                    c.pinned += 1
-            for i, (start, parts) in enumerate(runs):
-                # Views, not copies: a write racing with this one marks its range dirty
-                # again, so whatever goes out here is rewritten by the next flush.
-                views = [memoryview(c.data)[a:b] for c, a, b in parts]
-                try:
-                    await self.backend.write_parts(f.name, start, views)
-                except BaseException:
-                    for _, failed in runs[i:]:
-                        for c, a, b in failed:
-                            c.dirty = _add_range(c.dirty, a, b)
-                    self._unpin(runs[i:])
-                    raise
-                self.bytes_written += sum(len(v) for v in views)
-                del views
-                self._unpin(runs[i : i + 1])
-        return True
-
-    def _unpin(self, runs: list[tuple[int, list[tuple[Chunk, int, int]]]]) -> None:
-        for _, parts in runs:
-            for c, _, _ in parts:
-                c.pinned -= 1
-        self._unpinned.set()
-        self._unpinned = trio.Event()
 
     def discard(self, f: CachedFile) -> None:
         """Drop ``f``'s clean chunks (the VDI may change under us once nobody has it open)."""

@@ -49,6 +49,12 @@ class NameTooLong(BackendError):
     errno = errno.ENAMETOOLONG
 
 
+class NotPermitted(BackendError):
+    """The backend refuses an operation it cannot do safely (deleting a hyper volume)."""
+
+    errno = errno.EPERM
+
+
 class InvalidArgument(BackendError):
     errno = errno.EINVAL
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .backends.base import DEFAULT_BLOCK_SIZE_SHIFT, Backend, ObjectGeometry, VdiInfo
+from .backends.base import DEFAULT_BLOCK_SIZE_SHIFT, Backend, Layout, ObjectGeometry, VdiInfo
 from .cache import ChunkCache
 from .catalog import Catalog
-from .errors import BackendError, TooLarge
+from .errors import BackendError, NotPermitted, TooLarge
 from .staging import Spool, StagedFile, has_data
 
 log = logging.getLogger(__name__)
@@ -61,12 +61,22 @@ class VdiFile(ObjectGeometry):
     broken: OSError | None = None  # a staged write failed: never upload a torn file
     replace: bool = False  # the VDI ``name`` holds old data the staged file replaces
     old_snapshot: str | None = None  # where that old data waits while it is replaced
+    layout: Layout | None = None  # an existing VDI's: kept when it is created again
     lock: trio.Lock = field(default_factory=trio.Lock)
 
+    @property
+    def erasure_coded(self) -> bool:
+        return self.layout is not None and self.layout.erasure_coded
+
     async def before_writeback(self) -> None:
-        if self.size > self.backend_size:
-            await self.files.backend.resize(self.name, self.size)
-            self.backend_size = self.size
+        """Grow the VDI to the file's size. Writes go on while a resize is on its way and
+        may grow the file further, so this returns only once the VDI covers all of it:
+        dog cuts a write at the VDI's end without a word, and what the caller plans next
+        (with no await in between) must lie inside the VDI."""
+        while self.size > self.backend_size:
+            size = self.size
+            await self.files.backend.resize(self.name, size)
+            self.backend_size = size
             self.files.record(self)
 
     def info(self) -> VdiInfo:
@@ -79,7 +89,7 @@ class VdiFile(ObjectGeometry):
             shared=0,
             ctime=self.ctime,
             vid=0,
-            copies="",
+            copies=self.layout.copies if self.layout else "",
             tag=b"",
             block_size_shift=self.block_size_shift,
         )
@@ -118,6 +128,7 @@ class Files:
                 used=info.used,
                 exists=True,
                 files=self,
+                layout=info.layout,
             )
             self.by_id[ino] = f
         f.opens += 1
@@ -161,6 +172,7 @@ class Files:
             exists=info is not None,
             fresh=info is not None,
             files=self,
+            layout=info.layout if info else None,
             staged=staged,
             stage_dirty=True,
             touched=objects,
@@ -214,6 +226,8 @@ class Files:
                 f.touched.update(range(size // f.object_size, (old - 1) // f.object_size + 1))
             return
         if size < f.size:
+            if f.hyper:  # replacing means deleting it, which nothing here can do safely
+                raise NotPermitted("truncate", f.name, "hyper volumes cannot be shrunk or replaced")
             await self._stage_existing(f, size)
             return
         async with f.lock:
@@ -327,14 +341,7 @@ class Files:
         assert staged is not None
         osz = f.object_size
         if not f.exists:
-            await self.backend.create(f.name, size)
-            f.exists = True
-            f.fresh = True
-            f.in_vdi = set()
-            staged.created = True
-            staged.save_meta()
-            f.backend_size = size
-            self.record(f)
+            await self._create_vdi(f, size)
             # Everything the spool holds goes in, whatever was noted as written.
             objects = objects | await trio.to_thread.run_sync(staged.data_objects, osz)
         elif size > f.backend_size:
@@ -352,6 +359,30 @@ class Files:
             self.uploaded += length
             if f.fresh:
                 f.in_vdi.update(range(offset // osz, -(-(offset + length) // osz)))
+
+    async def _create_vdi(self, f: VdiFile, size: int) -> None:
+        """Create the VDI of staged file ``f`` (under its lock); it reads zero until written."""
+        staged = f.staged
+        assert staged is not None
+        await self.backend.create(f.name, size, f.layout)
+        f.exists = True
+        f.fresh = True
+        f.in_vdi = set()
+        staged.created = True
+        staged.save_meta()
+        f.backend_size = size
+        self.record(f)
+
+    async def create_empty(self, f: VdiFile) -> None:
+        """The flush of a new file that holds no data yet (``touch``, ``cmd > new``).
+
+        Its VDI must exist when close() returns, so it is created here with size 0. It is
+        fresh: a shell redirect's later data grows it (resize) and fills only the objects
+        that get data, exactly as for a file whose upload began behind its writer.
+        """
+        async with f.lock:
+            if f.staged is not None and not f.exists and not f.unlinked and f.broken is None:
+                await self._create_vdi(f, 0)
 
     def _maybe_write_behind(self, f: VdiFile) -> None:
         """Start uploading a new file's complete objects while it is still being written."""

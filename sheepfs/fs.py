@@ -345,7 +345,10 @@ class SheepFS(pyfuse3.Operations):
             await self._guard("flush", f.name, lambda: self.files.abandon(f))
             raise pyfuse3.FUSEError(errno_for(f.broken))
         if f.staged is not None and not f.exists and f.size == 0 and not f.touched:
-            return  # the flush before any data (e.g. `cmd > new`): release creates it empty
+            # No data yet (`touch`, or a redirect's flush before its data): the VDI must
+            # exist when close() returns, so it is created empty; later data grows it.
+            await self._guard("flush", f.name, lambda: self.files.create_empty(f))
+            return
         if self.files.has_pending(f):
             await self._guard("flush", f.name, lambda: self.files.sync(f))
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.realcluster import RealCluster, find_sheepdog
+
 ROOT = Path(__file__).resolve().parent.parent
 FAKEDOG = ROOT / "tests" / "fakedog"
 
@@ -39,23 +41,38 @@ def fake_dog_env(store: Path) -> dict[str, str]:
 
 @dataclass
 class Store:
-    """The backing store of one test: a fake dog cluster or a --local directory."""
+    """The backing store of one test: the fake dog, a real cluster or a --local directory."""
 
-    kind: str  # "dog" or "local"
+    kind: str  # "dog" (the fake), "real" (a throwaway real cluster) or "local"
     path: Path
     dog: str = str(FAKEDOG / "dog")
+    cluster: RealCluster | None = None  # kind "real" only
+
+    @property
+    def speaks_dog(self) -> bool:
+        return self.kind in ("dog", "real")
 
     def env(self) -> dict[str, str]:
         return fake_dog_env(self.path) if self.kind == "dog" else dict(os.environ)
 
     def backend_args(self) -> list[str]:
+        if self.cluster is not None:
+            c = self.cluster
+            return ["--dog", str(c.dist.dog), "-a", c.address, "-p", str(c.port)]
         if self.kind == "dog":
             return ["--dog", self.dog]
         return ["--local", str(self.path)]
 
     def dog_run(self, *args: str | bytes, stdin: bytes = b"", check: bool = True):
-        """Run the fake dog directly (dog stores only)."""
-        assert self.kind == "dog"
+        """Run dog directly: the fake one, or the real one against the test's cluster."""
+        assert self.speaks_dog
+        if self.cluster is not None:
+            p = subprocess.run(
+                self.cluster.dog_argv(*args), input=stdin, capture_output=True, timeout=120
+            )
+            if check and p.returncode != 0:
+                raise AssertionError(f"dog {args!r} failed ({p.returncode}): {p.stderr!r}")
+            return p
         p = subprocess.run(
             [self.dog, *args], input=stdin, capture_output=True, env=self.env(), timeout=60
         )
@@ -66,7 +83,7 @@ class Store:
     # -- looking at VDIs without the mount -------------------------------------------------
 
     def create(self, name: bytes, size: int, data: bytes = b"", offset: int = 0) -> None:
-        if self.kind == "dog":
+        if self.speaks_dog:
             self.dog_run("vdi", "create", "--", name, str(size))
             if data:
                 self.dog_run("vdi", "write", "--", name, str(offset), str(len(data)), stdin=data)
@@ -85,7 +102,7 @@ class Store:
 
     def vdis(self) -> dict[bytes, tuple[int, int]]:
         """name -> (size, used) of every file VDI."""
-        if self.kind == "dog":
+        if self.speaks_dog:
             from sheepfs.listing import parse_vdi_list
 
             out = self.dog_run("vdi", "list", "-r").stdout
@@ -102,7 +119,7 @@ class Store:
 
     def snapshots(self) -> list[tuple[bytes, bytes]]:
         """(name, tag) of every snapshot."""
-        if self.kind == "dog":
+        if self.speaks_dog:
             from sheepfs.listing import parse_vdi_list
 
             out = self.dog_run("vdi", "list", "-r").stdout
@@ -116,12 +133,14 @@ class Store:
         ]
 
     def read(self, name: bytes) -> bytes:
-        if self.kind == "dog":
+        if self.speaks_dog:
             return self.dog_run("vdi", "read", "--", name).stdout
         entry = json.loads((self.path / "vdis.json").read_text())[base64.b64encode(name).decode()]
         return (self.path / entry["file"]).read_bytes()
 
     def dog_calls(self) -> int:
+        """Calls the fake dog has logged."""
+        assert self.kind == "dog"
         log = self.path / "calls.log"
         return len(log.read_text().splitlines()) if log.exists() else 0
 
@@ -222,14 +241,72 @@ def wait_for(predicate, what: str, timeout: float = 30) -> None:
 # -- pytest fixtures (this module is loaded as a plugin: see pyproject's addopts) ----------
 
 
-def store_kinds() -> list[str]:
-    """Backends the mount tests run on: the fake dog (once it is there) and --local."""
-    return ["dog", "local"] if (FAKEDOG / "dog").exists() else ["local"]
+#: The real-cluster parameter of a store fixture: marked ``real`` (``-m real`` runs just
+#: those, ``-m "not real"`` leaves them out).
+REAL = pytest.param("real", marks=pytest.mark.real, id="real")
+
+
+def store_kinds() -> list:
+    """Backends the mount tests run on: the fake dog, --local and a real cluster."""
+    return ["dog", "local", REAL] if (FAKEDOG / "dog").exists() else ["local", REAL]
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "real: needs a real Sheepdog cluster (skips without one)")
+
+
+@pytest.fixture(scope="session")
+def real_cluster():
+    """One throwaway 3-node cluster (2 copies) for the whole run, removed at the end."""
+    dist = find_sheepdog()
+    why = None
+    if isinstance(dist, str):
+        why = f"no real Sheepdog: {dist}"
+    elif os.geteuid() != 0:
+        why = "a real Sheepdog cluster needs root (dog cluster format refuses others)"
+    if why is not None:
+        if os.environ.get("SHEEPFS_REQUIRE_REAL"):  # CI: these tests must run
+            pytest.fail(why)
+        pytest.skip(why)
+    cluster = RealCluster(dist)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def real_store(request, tmp_path) -> Store:
+    """The session's real cluster, emptied for this test; afterwards every sheep must
+    still run (a test that crashed one fails, and the cluster is wiped for the next)."""
+    cluster: RealCluster = request.getfixturevalue("real_cluster")
+    if not cluster.running():
+        cluster.wipe()
+    cluster.delete_everything()
+    yield Store("real", tmp_path / "store", cluster=cluster)
+    if not cluster.running():
+        logs = cluster.logs()
+        cluster.wipe()
+        pytest.fail(f"a sheep died during the test:\n{logs[-3000:]}")
+
+
+def store_for(request, tmp_path) -> Store:
+    """The store a ``request.param`` of ``store_kinds()`` names."""
+    if request.param == "real":
+        return request.getfixturevalue("real_store")
+    return make_store(request.param, tmp_path / "store")
 
 
 @pytest.fixture(params=store_kinds())
 def any_store(request, tmp_path) -> Store:
-    return make_store(request.param, tmp_path / "store")
+    return store_for(request, tmp_path)
+
+
+@pytest.fixture(params=["dog", REAL])
+def dog_like_store(request, tmp_path) -> Store:
+    """The fake dog, then a real cluster: for behaviour both must show alike."""
+    return store_for(request, tmp_path)
 
 
 @pytest.fixture
@@ -264,6 +341,6 @@ def mount_of(store: Store, base: Path, *extra: str) -> Iterator[Mount]:
 
 @pytest.fixture
 def mounted(any_store, tmp_path):
-    """A mount of ``any_store`` (the fake dog, then the local backend)."""
+    """A mount of ``any_store`` (the fake dog, the local backend, a real cluster)."""
     with mount_of(any_store, tmp_path) as m:
         yield m

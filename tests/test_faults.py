@@ -174,15 +174,25 @@ def test_arbitrary_names_never_crash_the_daemon(mounted, name):
 # -- a failing cluster (fake dog switches) -----------------------------------------------------
 
 
-def test_cluster_unreachable_while_mounted(dog_store, tmp_path):
-    from tests.fakedog import control
+def set_reachable(store, up: bool) -> None:
+    """Take the whole cluster away, or bring it back: the fake's switch, or a real stop
+    (``dog cluster shutdown``) and start."""
+    if store.kind == "real":
+        store.cluster.start() if up else store.cluster.stop()
+    else:
+        from tests.fakedog import control
 
-    dog_store.create(b"live", 8 * MiB, b"old")
-    m = start_mount(dog_store, tmp_path, "--timeout", "5")
+        control.set_config(store.path, reachable=up)
+
+
+def test_cluster_unreachable_while_mounted(dog_like_store, tmp_path):
+    store = dog_like_store
+    store.create(b"live", 8 * MiB, b"old")
+    m = start_mount(store, tmp_path, "--timeout", "5")
     try:
         fd = os.open(m.path / "live", os.O_RDWR)
+        set_reachable(store, False)
         os.pwrite(fd, b"dirty data", 100)
-        control.set_config(dog_store.path, reachable=False)
         start = time.monotonic()
         with pytest.raises(OSError) as e:
             os.fsync(fd)
@@ -192,15 +202,15 @@ def test_cluster_unreachable_while_mounted(dog_store, tmp_path):
         assert e.value.errno == errno.EIO
         assert time.monotonic() - start < 10
         assert "Connection refused" in m.log_text()
-        control.set_config(dog_store.path, reachable=True)
+        set_reachable(store, True)
         os.fsync(fd)  # the dirty data was kept and goes in now
         os.close(fd)
-        assert dog_store.read(b"live")[100:110] == b"dirty data"
+        assert store.read(b"live")[100:110] == b"dirty data"
         (m.path / "again").write_bytes(b"works again")
-        assert dog_store.read(b"again") == b"works again"
+        assert store.read(b"again") == b"works again"
     finally:
         m.cleanup()
-    assert m.proc.returncode == 0
+    assert m.proc.returncode == 0, m.log_text()[-3000:]
 
 
 def test_a_hanging_call_does_not_block_other_files(dog_store, tmp_path):
@@ -229,7 +239,8 @@ def test_a_hanging_call_does_not_block_other_files(dog_store, tmp_path):
         assert time.monotonic() - start < 2  # not queued behind the stuck call
         t.join(20)
         assert errors == [errno.EIO]
-        left = subprocess.run(["pgrep", "-f", "vdi read"], capture_output=True).stdout
+        pgrep = ["pgrep", "-f", f"{dog_store.dog} vdi read"]  # ours, not other dogs
+        left = subprocess.run(pgrep, capture_output=True).stdout
         assert left == b"", left
     finally:
         m.cleanup()

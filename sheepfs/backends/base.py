@@ -15,21 +15,53 @@ DEFAULT_BLOCK_SIZE_SHIFT = 22
 MAX_NAME_LEN = 255
 #: A flat VDI has at most 2^20 objects.
 MAX_OBJECTS = 1 << 20
+#: A hyper volume (``dog vdi create -y``, a B-tree index) holds at most 16 PiB.
+MAX_HYPER_SIZE = 1 << 54
 
 
 class ObjectGeometry:
     """Sizes that follow from a VDI's block_size_shift (shared by listing rows and files)."""
 
     block_size_shift: int
+    size: int
 
     @property
     def object_size(self) -> int:
         return 1 << self.block_size_shift
 
     @property
-    def max_size(self) -> int:
+    def flat_max_size(self) -> int:
         """A flat VDI holds at most 2^20 objects (4 TiB with 4 MiB objects)."""
         return self.object_size * MAX_OBJECTS
+
+    @property
+    def hyper(self) -> bool:
+        """A VDI larger than a flat one can be is a hyper volume (its index is a B-tree).
+
+        The listing does not say which kind a VDI is; its size does, for every hyper volume
+        that matters here (one no larger than a flat VDI is handled as a flat one).
+        """
+        return self.size > self.flat_max_size
+
+    @property
+    def max_size(self) -> int:
+        return MAX_HYPER_SIZE if self.hyper else self.flat_max_size
+
+
+#: Erasure coding cuts an object into stripes of this many bytes (SD_EC_DATA_STRIPE_SIZE).
+EC_STRIPE_SIZE = 512
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a VDI keeps its data: what a VDI that sheepfs creates again must keep."""
+
+    block_size_shift: int = DEFAULT_BLOCK_SIZE_SHIFT
+    copies: str = ""  # "" the cluster's default, "N" copies, "D:P" erasure coded
+
+    @property
+    def erasure_coded(self) -> bool:
+        return ":" in self.copies
 
 
 def check_name(op: str, name: bytes) -> None:
@@ -55,6 +87,10 @@ class VdiInfo(ObjectGeometry):
     copies: str
     tag: bytes
     block_size_shift: int = DEFAULT_BLOCK_SIZE_SHIFT
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.block_size_shift, self.copies)
 
     @property
     def is_file(self) -> bool:
@@ -125,12 +161,14 @@ class Backend(abc.ABC):
         """Write ``length`` bytes taken from ``path`` at ``file_offset`` to ``offset``."""
 
     @abc.abstractmethod
-    async def create(self, name: bytes, size: int) -> None:
-        """Create a VDI of exactly ``size`` bytes (raises Exists, TooLarge...)."""
+    async def create(self, name: bytes, size: int, layout: Layout | None = None) -> None:
+        """Create a VDI of exactly ``size`` bytes (raises Exists, TooLarge...), with the
+        object size and redundancy of ``layout`` (the cluster's defaults without one)."""
 
     @abc.abstractmethod
     async def delete(self, name: bytes) -> None:
-        """Delete the working VDI ``name`` (raises NotFound if it is not there)."""
+        """Delete the working VDI ``name`` (raises NotFound if it is not there, NotPermitted
+        where the backend cannot delete it safely)."""
 
     @abc.abstractmethod
     async def resize(self, name: bytes, size: int) -> None:

@@ -27,12 +27,13 @@ from ..errors import (
     InvalidArgument,
     NoSpace,
     NotFound,
+    NotPermitted,
     Timeout,
     TooLarge,
     Unavailable,
 )
 from ..listing import parse_node_info, parse_vdi_list
-from .base import Backend, FsStats, VdiInfo, check_name
+from .base import Backend, FsStats, Layout, VdiInfo, check_name
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ _ERRORS: Sequence[tuple[str, type[BackendError]]] = (
     ("VDI exists already", Exists),
     ("is existed", Exists),
     ("no space", NoSpace),
+    ("snapshot of hypervolume is not supported", NotPermitted),
     ("Shrinking VDIs is not implemented", InvalidArgument),
     ("beyond the end of the VDI", InvalidArgument),
     ("larger than", TooLarge),
@@ -384,12 +386,37 @@ class DogBackend(Backend):
         finally:
             os.close(fd)
 
-    async def create(self, name: bytes, size: int) -> None:
+    async def create(self, name: bytes, size: int, layout: Layout | None = None) -> None:
         check_name("create", name)
-        await self._run("create", name, self._argv(("vdi", "create"), name, str(size)))
+        opts: list[str] = []
+        if layout is not None:
+            opts += ["-z", str(layout.block_size_shift)]
+            if layout.copies:
+                opts += ["-c", layout.copies]
+        argv = self._argv(("vdi", "create"), name, str(size), opts=opts)
+        await self._run("create", name, argv)
 
     async def delete(self, name: bytes) -> None:
+        """``dog vdi delete``, never on a hyper volume.
+
+        dog's delete first zeroes the VDI's index as if it were flat; on a hyper volume that
+        wipes the B-tree root and the sheep panic (``traverse_btree ... depth 0``), and after
+        a restart every ``dog vdi list`` aborts. Only a client that sends DEL_VDI alone can
+        delete one, so the VDI's size is checked first, with a list of that one name.
+        """
         check_name("delete", name)
+        out, _ = await self._run("delete", name, self._argv(("vdi", "list"), name, opts=("-r",)))
+        try:
+            rows = [r for r in parse_vdi_list(out) if r.name == name and r.is_file]
+        except ValueError as e:
+            raise BackendError("delete", name, f"cannot parse dog's VDI list: {e}") from None
+        if any(r.hyper for r in rows):
+            raise NotPermitted(
+                "delete",
+                name,
+                "it is a hyper volume, which dog vdi delete cannot delete without crashing "
+                "the cluster (it zeroes the B-tree root); it is left as it is",
+            )
         _, err = await self._run("delete", name, self._argv(("vdi", "delete"), name))
         if err.strip():  # dog exits 0 even when nothing was deleted (cli-facts 0.3)
             raise error_for("delete", name, 0, err)

@@ -17,7 +17,7 @@ from pathlib import Path
 import trio
 
 from ..errors import BackendError, Exists, InvalidArgument, NoSpace, NotFound, TooLarge
-from .base import DEFAULT_BLOCK_SIZE_SHIFT, Backend, FsStats, VdiInfo, check_name
+from .base import DEFAULT_BLOCK_SIZE_SHIFT, Backend, FsStats, Layout, VdiInfo, check_name
 
 _OBJECT = 1 << DEFAULT_BLOCK_SIZE_SHIFT
 _MAX_SIZE = _OBJECT << 20
@@ -126,7 +126,8 @@ class LocalBackend(Backend):
 
         await trio.to_thread.run_sync(_copy)
 
-    async def create(self, name: bytes, size: int) -> None:
+    async def create(self, name: bytes, size: int, layout: Layout | None = None) -> None:
+        # Image files have no object size or redundancy: ``layout`` has nothing to keep.
         self.calls += 1
         check_name("create", name)
         if size > _MAX_SIZE:
