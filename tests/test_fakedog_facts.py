@@ -318,46 +318,6 @@ def test_snapshot_and_clone(store):
     assert rows(store, "full")[0].kind == "="
 
 
-# -- hyper volumes (what the real cluster showed) ---------------------------------------------
-
-
-def test_a_hyper_volume_cannot_be_snapshotted(store):
-    ok(store, "vdi", "create", "-y", "big", "5T")
-    r = dog(store, "vdi", "snapshot", "-s", "s1", "big")
-    assert (r.returncode, r.stdout) == (1, b"")
-    assert r.stderr == b"creating a snapshot of hypervolume is not supported\n"
-    assert [row.kind for row in rows(store)] == ["="]
-
-
-def test_deleting_a_hyper_volume_takes_the_cluster_down(store):
-    """Real dog zeroes the index as if the VDI were flat, wiping the B-tree root: every
-    sheep panics, and dog still exits 0."""
-    ok(store, "vdi", "create", "-y", "big", "5T")
-    r = dog(store, "vdi", "delete", "big")
-    assert r.returncode == 0 and r.stderr
-    assert dog(store, "vdi", "list", "-r").returncode == 2  # nothing answers any more
-    assert dog(store, "node", "list", "-r").returncode == 2
-
-
-@pytest.mark.parametrize(
-    "offset, length, zeroed",
-    [(512, 3, (515, 1024)), (0, 511, (511, 512)), (100, 3, None), (0, 1000, None),
-     (700, 2000, None)],
-)  # fmt: skip
-def test_short_stripe_aligned_writes_to_erasure_coded_vdis_zero_the_stripe(
-    store, offset, length, zeroed
-):
-    old = os.urandom(4 * MiB)
-    ok(store, "vdi", "create", "-c", "2:1", "ec", "4M")
-    ok(store, "vdi", "write", "ec", "0", str(len(old)), stdin=old)
-    ok(store, "vdi", "write", "ec", str(offset), str(length), stdin=b"Q" * length)
-    want = bytearray(old)
-    want[offset : offset + length] = b"Q" * length
-    if zeroed:
-        want[zeroed[0] : zeroed[1]] = bytes(zeroed[1] - zeroed[0])
-    assert ok(store, "vdi", "read", "ec") == want
-
-
 def test_unreachable_cluster(store):
     expect = b"failed to connect to 127.0.0.1:7999: Connection refused\n" * 2
     r = dog(store, "vdi", "list", "-r", "-p", "7999")
