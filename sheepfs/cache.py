@@ -1,7 +1,7 @@
 """The chunk cache: object-aligned chunks of live VDIs, one LRU budget for all files.
 
 Chunks are aligned to the VDI's object size because that is Sheepdog's unit of allocation
-and of its first-write race (cli-facts 0.2). Writes land in the cache and are written back
+and of its first-write race (docs/SHEEPDOG.md F2). Writes land in the cache and are written back
 on flush, fsync, release and eviction, with contiguous dirty ranges across chunks merged
 into one long ``write`` each, and a chunk scattered with small dirty runs written whole (its
 clean parts read back first) rather than one call per run. All write-back of a file runs

@@ -69,10 +69,10 @@ class VdiFile(ObjectGeometry):
         return self.layout is not None and self.layout.erasure_coded
 
     async def before_writeback(self) -> None:
-        """Grow the VDI to the file's size. Writes go on while a resize is on its way and
-        may grow the file further, so this returns only once the VDI covers all of it:
-        dog cuts a write at the VDI's end without a word, and what the caller plans next
-        (with no await in between) must lie inside the VDI."""
+        """Grow the VDI to the file's size (SHEEPDOG.md F10). Writes go on while a resize is
+        on its way and may grow the file further, so this returns only once the VDI covers
+        all of it: dog cuts a write at the VDI's end without a word, and what the caller
+        plans next (with no await in between) must lie inside the VDI."""
         while self.size > self.backend_size:
             size = self.size
             await self.files.backend.resize(self.name, size)
@@ -458,7 +458,7 @@ class Files:
 
         A file that is only staged just changes its name (free). A VDI is renamed without
         copying data: snapshot, clone the snapshot under the new name, delete the old VDI,
-        drop the snapshot (cli-facts 4.9: clones outlive their source snapshot).
+        drop the snapshot (SHEEPDOG.md F13: clones outlive their source snapshot).
         """
         if dst_file is not None and dst_file is not src_file:
             dst_file.unlinked = True

@@ -65,7 +65,8 @@ def _natural(chunk: Chunk) -> int:
 
 
 def _short_stripe_runs(chunk: Chunk) -> list[tuple[int, int]]:
-    """Dirty runs of an erasure-coded chunk that start on a stripe and end inside it.
+    """Dirty runs of an erasure-coded chunk that start on a stripe and end inside it
+    (docs/SHEEPDOG.md F16).
 
     Sheepdog's gateway merges a stripe's old bytes into a write only when the write starts
     inside the stripe: one that starts on a stripe and is shorter zeroes the rest of it

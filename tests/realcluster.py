@@ -95,8 +95,8 @@ class ClusterError(RuntimeError):
 
 #: Script commands that start sheep processes.
 _STARTS_SHEEP = ("start", "wipe", "start-node")
-#: Each sheep runs in a mount namespace of its own (the script's ``unshare -m``), which
-#: copies every mount there is, our FUSE mounts too: a sheep started while sheepfs is
+#: docs/SHEEPDOG.md F18: each sheep runs in a mount namespace of its own (``unshare -m``),
+#: which copies every mount there is, our FUSE mounts too: a sheep started while sheepfs is
 #: mounted would hold that mount alive, so ``fusermount3 -u`` never ends the daemon. So
 #: the script runs in a private namespace from which the FUSE mounts are removed first.
 _WITHOUT_FUSE = (

@@ -1,4 +1,4 @@
-"""The fake dog's own tests: one per fact of cli-facts sections 0 and 4 that it reproduces.
+"""The fake dog's own tests: one per fact of the real CLI it reproduces (docs/SHEEPDOG.md).
 
 sheepfs is only as right as this fake is faithful, so each trap of the real CLI is pinned.
 """
@@ -85,7 +85,7 @@ def two_writers_at_once(store, name: str) -> bytes:
 
 
 def test_concurrent_first_writes_to_one_object_lose_data(store):
-    """cli-facts 0.2: each writer CREATE_AND_WRITEs the whole object; the last one wins."""
+    """SHEEPDOG.md F2: each writer CREATE_AND_WRITEs the whole object; the last one wins."""
     losses = 0
     for trial in range(6):
         name = f"race{trial}"

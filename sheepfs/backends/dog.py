@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 #: Linux F_SETPIPE_SZ: a 1 MiB pipe lets a streaming read move data in large pieces.
 _F_SETPIPE_SZ = 1031
 
-# stderr text -> exception, first match wins (cli-facts sections 4 and 4.11).
+# stderr text -> exception, first match wins (docs/SHEEPDOG.md F17).
 _ERRORS: Sequence[tuple[str, type[BackendError]]] = (
     ("No VDI found", NotFound),
     ("Failed to find requested tag", NotFound),
@@ -397,7 +397,7 @@ class DogBackend(Backend):
         await self._run("create", name, argv)
 
     async def delete(self, name: bytes) -> None:
-        """``dog vdi delete``, never on a hyper volume.
+        """``dog vdi delete``, never on a hyper volume (SHEEPDOG.md F14).
 
         dog's delete first zeroes the VDI's index as if it were flat; on a hyper volume that
         wipes the B-tree root and the sheep panic (``traverse_btree ... depth 0``), and after
@@ -418,7 +418,7 @@ class DogBackend(Backend):
                 "the cluster (it zeroes the B-tree root); it is left as it is",
             )
         _, err = await self._run("delete", name, self._argv(("vdi", "delete"), name))
-        if err.strip():  # dog exits 0 even when nothing was deleted (cli-facts 0.3)
+        if err.strip():  # dog exits 0 even when nothing was deleted (SHEEPDOG.md F3)
             raise error_for("delete", name, 0, err)
 
     async def resize(self, name: bytes, size: int) -> None:

@@ -678,7 +678,7 @@ def put_object(
 ) -> None:
     """Write into one object: in place, create-and-write, or copy-on-write.
 
-    ``window``: how long a new object stays in flight before it lands (cli-facts 0.2).
+    ``window``: how long a new object stays in flight before it lands (docs/SHEEPDOG.md F2).
     """
     osz = object_size(i)
     owner = i["index"].get(str(idx), 0)
@@ -692,7 +692,7 @@ def put_object(
         return
     # CREATE_AND_WRITE replaces the whole object: zeros (or the parent's copy) plus our data.
     # The decision was made on the inode read at the start of the call, so two writers that
-    # both saw the object unallocated both create it, and the last one wins (cli-facts 0.2).
+    # both saw the object unallocated both create it, and the last one wins (docs/SHEEPDOG.md F2).
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
