@@ -32,7 +32,7 @@ class CachedFile(Protocol):
     size: int  # the file's size as the user sees it
     backend_size: int  # the VDI's size in the backend
     object_size: int
-    erasure_coded: bool  # see writeback.WriteBack._short_stripe
+    erasure_coded: bool  # see writeback._short_stripe_runs
     lock: trio.Lock
 
     async def before_writeback(self) -> None:
@@ -61,11 +61,16 @@ class Chunk:
     def start(self) -> int:
         return self.index * self.file.object_size
 
+    @property
+    def natural(self) -> int:
+        """How long the chunk is: an object, or less at the end of the file."""
+        return min(self.file.object_size, max(0, self.file.size - self.start))
+
     def put(self, offset: int, data: bytes | memoryview) -> None:
         end = offset + len(data)
         if len(self.data) < end or not isinstance(self.data, bytearray):
             # One new buffer, as long as the chunk will be, instead of growing it per write.
-            natural = min(self.file.object_size, max(0, self.file.size - self.start))
+            natural = self.natural
             # Not zeroed: bytes outside ``dirty`` are never read before _fill merges the
             # backend's content under the dirty ones.
             grown = buffers.take(max(end, natural, len(self.data)))
@@ -323,6 +328,7 @@ class ChunkCache(WriteBack):
             await self._make_room(f.object_size)
             chunk = self._lookup(f, index) or self._new(f, index)
         busy = chunk.loading is not None or chunk.pinned
+        # ``written`` again: a write-back may have ended while _make_room waited.
         if not (chunk.loaded or busy or index in s.written):
             _fill(chunk, data)
 

@@ -59,11 +59,6 @@ def plan_runs(pieces: Iterable[tuple[C, int, list[tuple[int, int]]]], max_run: i
     return runs
 
 
-def _natural(chunk: Chunk) -> int:
-    """How long the chunk is: an object, or less at the end of the file."""
-    return min(chunk.file.object_size, max(0, chunk.file.size - chunk.start))
-
-
 def _short_stripe_runs(chunk: Chunk) -> list[tuple[int, int]]:
     """Dirty runs of an erasure-coded chunk that start on a stripe and end inside it
     (docs/SHEEPDOG.md F16).
@@ -75,7 +70,7 @@ def _short_stripe_runs(chunk: Chunk) -> list[tuple[int, int]]:
     """
     if not chunk.file.erasure_coded:
         return []
-    natural = _natural(chunk)
+    natural = chunk.natural
     return [
         (a, b)
         for a, b in chunk.dirty
@@ -122,7 +117,7 @@ class WriteBack:
     @staticmethod
     def _full(chunk: Chunk) -> bool:
         """Whether the whole chunk is dirty (a sequential writer is done with it)."""
-        natural = _natural(chunk)
+        natural = chunk.natural
         return chunk.dirty == [(0, natural)] and natural > 0
 
     def _fresh(self, chunk: Chunk, began: int) -> bool:
@@ -175,7 +170,7 @@ class WriteBack:
         if not chunk.loaded:
             return chunk.dirty
         # Past ``data`` (the file grew since) the VDI reads zero, and nobody wrote there.
-        end = min(_natural(chunk), len(chunk.data))
+        end = min(chunk.natural, len(chunk.data))
         if len(chunk.dirty) > self.WHOLE_AFTER_RUNS:
             return [(0, end)]
         ranges = chunk.dirty

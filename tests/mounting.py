@@ -66,16 +66,8 @@ class Store:
     def dog_run(self, *args: str | bytes, stdin: bytes = b"", check: bool = True):
         """Run dog directly: the fake one, or the real one against the test's cluster."""
         assert self.speaks_dog
-        if self.cluster is not None:
-            p = subprocess.run(
-                self.cluster.dog_argv(*args), input=stdin, capture_output=True, timeout=120
-            )
-            if check and p.returncode != 0:
-                raise AssertionError(f"dog {args!r} failed ({p.returncode}): {p.stderr!r}")
-            return p
-        p = subprocess.run(
-            [self.dog, *args], input=stdin, capture_output=True, env=self.env(), timeout=60
-        )
+        argv = self.cluster.dog_argv(*args) if self.cluster is not None else [self.dog, *args]
+        p = subprocess.run(argv, input=stdin, capture_output=True, env=self.env(), timeout=60)
         if check and p.returncode != 0:
             raise AssertionError(f"dog {args!r} failed ({p.returncode}): {p.stderr!r}")
         return p

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.fakedog import control
-from tests.mounting import ROOT, make_store, mount_of, start_mount
+from tests.mounting import ROOT, mount_of, start_mount
 
 pytestmark = pytest.mark.timeout(120)
 MiB = 1 << 20
@@ -33,14 +33,9 @@ def mnt(store, tmp_path):
 
 
 @pytest.fixture
-def fake_store(tmp_path):
-    """The fake dog alone: for call counts, fault switches and its config."""
-    return make_store("dog", tmp_path / "store")
-
-
-@pytest.fixture
-def fake_mnt(fake_store, tmp_path):
-    with mount_of(fake_store, tmp_path) as m:
+def fake_mnt(dog_store, tmp_path):
+    """A mount of the fake dog alone: for call counts, fault switches and its config."""
+    with mount_of(dog_store, tmp_path) as m:
         yield m
 
 
@@ -291,50 +286,50 @@ def test_sigterm_saves_open_files_then_unmounts(store, tmp_path):
         m.cleanup()
 
 
-def test_stat_twice_within_the_ttl_costs_no_dog_call(fake_store, tmp_path):
-    fake_store.create(b"s", MiB)
-    m = start_mount(fake_store, tmp_path, "--list-ttl", "30")
+def test_stat_twice_within_the_ttl_costs_no_dog_call(dog_store, tmp_path):
+    dog_store.create(b"s", MiB)
+    m = start_mount(dog_store, tmp_path, "--list-ttl", "30")
     try:
         os.stat(m.path / "s")
-        before = fake_store.dog_calls()
+        before = dog_store.dog_calls()
         os.stat(m.path / "s")
         os.stat(m.path / "s")
-        assert fake_store.dog_calls() == before
+        assert dog_store.dog_calls() == before
     finally:
         m.cleanup()
 
 
-def test_an_overwrite_larger_than_the_cache_goes_out_in_long_calls(fake_store, tmp_path):
+def test_an_overwrite_larger_than_the_cache_goes_out_in_long_calls(dog_store, tmp_path):
     """A writer that outruns Sheepdog gets one long write after the other (half the cache
     each), not the leftovers of a full cache flushed in short calls."""
     data = os.urandom(96 * MiB)
-    fake_store.create(b"ow", len(data), bytes(len(data)))
+    dog_store.create(b"ow", len(data), bytes(len(data)))
     # Slower than the writer, whether or not the zeros above allocated the objects.
-    control.set_config(fake_store.path, write_bandwidth=100 * MiB, alloc_bandwidth=100 * MiB)
-    with mount_of(fake_store, tmp_path, "--cache-size", "16M") as m:
-        before = len(control.calls(fake_store.path))
+    control.set_config(dog_store.path, write_bandwidth=100 * MiB, alloc_bandwidth=100 * MiB)
+    with mount_of(dog_store, tmp_path, "--cache-size", "16M") as m:
+        before = len(control.calls(dog_store.path))
         with open(m.path / "ow", "r+b", buffering=0) as f:
             for at in range(0, len(data), MiB):
                 f.write(data[at : at + MiB])
             os.fsync(f.fileno())
-        writes = [c for c in control.calls(fake_store.path)[before:] if c[:2] == ["vdi", "write"]]
-    assert fake_store.read(b"ow") == data
+        writes = [c for c in control.calls(dog_store.path)[before:] if c[:2] == ["vdi", "write"]]
+    assert dog_store.read(b"ow") == data
     lengths = [int(c[-1]) for c in writes]
     assert sum(lengths) == len(data)
     # The first call goes out as soon as one chunk is complete; the last takes the rest.
     assert all(n == 8 * MiB for n in lengths[2:-1]), lengths
 
 
-def test_ls_l_of_many_vdis_costs_one_list(fake_store, fake_mnt):
+def test_ls_l_of_many_vdis_costs_one_list(dog_store, fake_mnt):
     for i in range(50):
-        fake_store.create(f"v{i:02d}".encode(), MiB)
+        dog_store.create(f"v{i:02d}".encode(), MiB)
     time.sleep(1.2)
-    before = control.calls(fake_store.path)
+    before = control.calls(dog_store.path)
     out = subprocess.run(
         ["ls", "-l", str(fake_mnt.path)], capture_output=True, text=True, check=True
     )
     assert len(out.stdout.splitlines()) == 51
-    new = control.calls(fake_store.path)[len(before) :]
+    new = control.calls(dog_store.path)[len(before) :]
     assert new == [["vdi", "list", "-a", "127.0.0.1", "-p", "7000", "-r", "--"]] or new == [
         ["vdi", "list", "-r", "-a", "127.0.0.1", "-p", "7000", "--"]
     ], new
@@ -358,14 +353,14 @@ def test_statfs_reports_the_total_row(store, mnt):
     ],
     ids=["missing-binary", "unreachable", "wrong-port", "unformatted"],
 )
-def test_refuses_to_start_with_one_clear_line(fake_store, tmp_path, setup, message):
-    setup(fake_store.path)
+def test_refuses_to_start_with_one_clear_line(dog_store, tmp_path, setup, message):
+    setup(dog_store.path)
     (tmp_path / "fake_mnt").mkdir()
-    dog = str(tmp_path / "no-such-dog") if message == "not an executable" else fake_store.dog
+    dog = str(tmp_path / "no-such-dog") if message == "not an executable" else dog_store.dog
     r = subprocess.run(
         [sys.executable, "-m", "sheepfs", str(tmp_path / "fake_mnt"), "-f", "--dog", dog,
          "--spool-dir", str(tmp_path / "spool")],
-        capture_output=True, text=True, env=fake_store.env(), cwd=ROOT, timeout=30,
+        capture_output=True, text=True, env=dog_store.env(), cwd=ROOT, timeout=30,
     )  # fmt: skip
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
@@ -373,45 +368,45 @@ def test_refuses_to_start_with_one_clear_line(fake_store, tmp_path, setup, messa
     assert not os.path.ismount(tmp_path / "fake_mnt")
 
 
-def test_failing_dog_read_gives_eio_and_the_mount_keeps_working(fake_store, fake_mnt):
-    fake_store.create(b"bad", 8 * MiB, b"b" * 10)
-    fake_store.create(b"good", MiB, b"g" * 10)
-    control.add_fault(fake_store.path, {"match": ["vdi", "read"], "name": "bad", "rc": 1,
+def test_failing_dog_read_gives_eio_and_the_mount_keeps_working(dog_store, fake_mnt):
+    dog_store.create(b"bad", 8 * MiB, b"b" * 10)
+    dog_store.create(b"good", MiB, b"g" * 10)
+    control.add_fault(dog_store.path, {"match": ["vdi", "read"], "name": "bad", "rc": 1,
                                    "stderr": "Failed to read object 1: I/O error\n"})  # fmt: skip
     with pytest.raises(OSError) as e:
         (fake_mnt.path / "bad").read_bytes()
     assert e.value.errno == errno.EIO
     assert (fake_mnt.path / "good").read_bytes()[:10] == b"g" * 10
     assert "Failed to read object 1: I/O error" in fake_mnt.log_text()
-    control.clear_faults(fake_store.path)
+    control.clear_faults(dog_store.path)
     assert (fake_mnt.path / "bad").read_bytes()[:10] == b"b" * 10
 
 
-def test_hanging_dog_is_killed_at_the_timeout(fake_store, tmp_path):
-    fake_store.create(b"h", MiB, b"h")
-    m = start_mount(fake_store, tmp_path, "--timeout", "2")
+def test_hanging_dog_is_killed_at_the_timeout(dog_store, tmp_path):
+    dog_store.create(b"h", MiB, b"h")
+    m = start_mount(dog_store, tmp_path, "--timeout", "2")
     try:
         os.stat(m.path / "h")
-        control.add_fault(fake_store.path, {"match": ["vdi", "read"], "hang": True})
+        control.add_fault(dog_store.path, {"match": ["vdi", "read"], "hang": True})
         start = time.monotonic()
         with pytest.raises(OSError) as e:
             (m.path / "h").read_bytes()
         assert e.value.errno == errno.EIO
         assert time.monotonic() - start < 10
-        left = subprocess.run(["pgrep", "-f", f"{fake_store.dog} vdi read"], capture_output=True)
+        left = subprocess.run(["pgrep", "-f", f"{dog_store.dog} vdi read"], capture_output=True)
         assert left.stdout == b"", "a dog process was left behind"
         assert "did not answer within 2 s" in m.log_text()
     finally:
         m.cleanup()
 
 
-def test_collie_works_too(fake_store, tmp_path):
-    fake_store.dog = control.collie_path()
-    fake_store.create(b"old", MiB, b"collie")
-    m = start_mount(fake_store, tmp_path)
+def test_collie_works_too(dog_store, tmp_path):
+    dog_store.dog = control.collie_path()
+    dog_store.create(b"old", MiB, b"collie")
+    m = start_mount(dog_store, tmp_path)
     try:
         assert (m.path / "old").read_bytes()[:6] == b"collie"
         (m.path / "new").write_bytes(b"fresh")
-        assert fake_store.read(b"new") == b"fresh"
+        assert dog_store.read(b"new") == b"fresh"
     finally:
         m.cleanup()

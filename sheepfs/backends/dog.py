@@ -223,12 +223,17 @@ class DogBackend(Backend):
             raise Unavailable("start", None, "the cluster is not formatted (dog cluster format)")
 
     async def list(self) -> dict[bytes, VdiInfo]:
-        out, _ = await self._run("list", None, self._argv(("vdi", "list"), opts=("-r",)))
-        try:
-            rows = parse_vdi_list(out)
-        except ValueError as e:
-            raise BackendError("list", None, f"cannot parse dog's VDI list: {e}") from None
+        rows = await self._list_rows("list", None)
         return {v.name: v for v in rows if v.is_file}
+
+    async def _list_rows(self, op: str, name: bytes | None) -> list[VdiInfo]:
+        """The rows of ``dog vdi list -r`` (of every VDI, or of ``name``'s rows only)."""
+        names = () if name is None else (name,)
+        out, _ = await self._run(op, name, self._argv(("vdi", "list"), *names, opts=("-r",)))
+        try:
+            return parse_vdi_list(out)
+        except ValueError as e:
+            raise BackendError(op, name, f"cannot parse dog's VDI list: {e}") from None
 
     async def read(self, name: bytes, offset: int, length: int) -> bytes:
         check_name("read", name)
@@ -405,12 +410,8 @@ class DogBackend(Backend):
         delete one, so the VDI's size is checked first, with a list of that one name.
         """
         check_name("delete", name)
-        out, _ = await self._run("delete", name, self._argv(("vdi", "list"), name, opts=("-r",)))
-        try:
-            rows = [r for r in parse_vdi_list(out) if r.name == name and r.is_file]
-        except ValueError as e:
-            raise BackendError("delete", name, f"cannot parse dog's VDI list: {e}") from None
-        if any(r.hyper for r in rows):
+        rows = await self._list_rows("delete", name)
+        if any(r.hyper for r in rows if r.name == name and r.is_file):
             raise NotPermitted(
                 "delete",
                 name,
