@@ -10,14 +10,21 @@ import errno
 
 
 class BackendError(Exception):
-    """A storage operation failed. ``op`` and ``name`` say what and on which VDI."""
+    """A storage operation failed. ``op`` and ``name`` say what and on which VDI.
+
+    ``quiet``: a refusal the user asked for (``mkdir`` of an existing name, a lookup of a
+    name that is not there), logged at debug level rather than as an error.
+    """
 
     errno = errno.EIO
 
-    def __init__(self, op: str, name: bytes | None = None, detail: str = "") -> None:
+    def __init__(
+        self, op: str, name: bytes | None = None, detail: str = "", quiet: bool = False
+    ) -> None:
         self.op = op
         self.name = name
         self.detail = detail.strip()
+        self.quiet = quiet
         super().__init__(op, name, detail)
 
     def __str__(self) -> str:
@@ -53,6 +60,12 @@ class NotPermitted(BackendError):
     """The backend refuses an operation it cannot do safely (deleting a hyper volume)."""
 
     errno = errno.EPERM
+
+
+class ReadOnly(BackendError):
+    """The mount is read-only (``--ro``)."""
+
+    errno = errno.EROFS
 
 
 class InvalidArgument(BackendError):

@@ -95,7 +95,7 @@ class Store:
     def vdis(self) -> dict[bytes, tuple[int, int]]:
         """name -> (size, used) of every file VDI."""
         if self.speaks_dog:
-            from sheepfs.listing import parse_vdi_list
+            from sheepfs.backends.dog.listing import parse_vdi_list
 
             out = self.dog_run("vdi", "list", "-r").stdout
             return {r.name: (r.size, r.used) for r in parse_vdi_list(out) if r.is_file}
@@ -112,7 +112,7 @@ class Store:
     def snapshots(self) -> list[tuple[bytes, bytes]]:
         """(name, tag) of every snapshot."""
         if self.speaks_dog:
-            from sheepfs.listing import parse_vdi_list
+            from sheepfs.backends.dog.listing import parse_vdi_list
 
             out = self.dog_run("vdi", "list", "-r").stdout
             return [(r.name, r.tag) for r in parse_vdi_list(out) if r.kind == "s"]

@@ -190,7 +190,7 @@ class RealCluster:
         A hyper volume cannot be deleted with dog (its zeroing step wipes the B-tree root and
         the sheep panics): where one is left, the whole cluster is wiped instead.
         """
-        from sheepfs.listing import parse_vdi_list
+        from sheepfs.backends.dog.listing import parse_vdi_list
 
         rows = parse_vdi_list(self.dog("vdi", "list", "-r").stdout)
         flat_max = {r.name: r.object_size << 20 for r in rows}

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from sheepfs.listing import parse_vdi_list
+from sheepfs.backends.dog.listing import parse_vdi_list
 from tests.mounting import mount_of
 
 pytestmark = pytest.mark.timeout(180)

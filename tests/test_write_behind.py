@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from sheepfs.files import WRITE_BEHIND_MIN
+from sheepfs.core.upload import WRITE_BEHIND_MIN
 from tests.fakedog import control
 from tests.mounting import small_spool, start_mount, wait_for
 

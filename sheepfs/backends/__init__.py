@@ -1,1 +1,33 @@
-"""Storage backends: where VDIs live (the dog/collie CLI, or a local directory)."""
+"""Storage backends: where VDIs live (the dog/collie CLI, or a local directory).
+
+:func:`make_backend` is the one place that picks one; everything above sees only the
+interface of :mod:`.base`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import Backend
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """Which backend a mount uses, as the command line says."""
+
+    local: Path | None = None  # a directory of image files instead of a cluster
+    dog: str | None = None  # the dog (or collie) CLI; found on PATH without one
+    address: str = "127.0.0.1"
+    port: int = 7000
+    timeout: float = 60.0  # seconds before a call is given up
+
+
+def make_backend(choice: BackendChoice) -> Backend:
+    if choice.local is not None:
+        from .local import LocalBackend
+
+        return LocalBackend(choice.local)
+    from .dog import DogBackend, find_cli
+
+    return DogBackend(find_cli(choice.dog), choice.address, choice.port, timeout=choice.timeout)

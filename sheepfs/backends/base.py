@@ -1,11 +1,21 @@
-"""The async Backend interface. No FUSE types here: a backend only knows VDIs and bytes."""
+"""The backend interface: what sheepfs needs of a store of VDIs, in types of its own.
+
+No FUSE types and nothing of one backend here: the layers above see names, bytes, neutral
+:class:`VdiInfo` and the :class:`Hints` a backend gives about itself. It fits a CLI (one
+process per call, which wants few, long calls) as well as a TCP client of the sheep daemons
+(cheap calls, many at once).
+"""
 
 from __future__ import annotations
 
 import abc
+import enum
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+
+import trio
 
 from ..errors import InvalidArgument, NameTooLong
 
@@ -17,10 +27,12 @@ MAX_NAME_LEN = 255
 MAX_OBJECTS = 1 << 20
 #: A hyper volume (``dog vdi create -y``, a B-tree index) holds at most 16 PiB.
 MAX_HYPER_SIZE = 1 << 54
+#: Erasure coding cuts an object into stripes of this many bytes (SD_EC_DATA_STRIPE_SIZE).
+EC_STRIPE_SIZE = 512
 
 
 class ObjectGeometry:
-    """Sizes that follow from a VDI's block_size_shift (shared by listing rows and files)."""
+    """Sizes that follow from a VDI's block_size_shift (shared by VDI infos and files)."""
 
     block_size_shift: int
     size: int
@@ -38,8 +50,8 @@ class ObjectGeometry:
     def hyper(self) -> bool:
         """A VDI larger than a flat one can be is a hyper volume (its index is a B-tree).
 
-        The listing does not say which kind a VDI is; its size does, for every hyper volume
-        that matters here (one no larger than a flat VDI is handled as a flat one).
+        The dog listing does not say which kind a VDI is; its size does, for every hyper
+        volume that matters here (one no larger than a flat VDI is handled as a flat one).
         """
         return self.size > self.flat_max_size
 
@@ -48,20 +60,74 @@ class ObjectGeometry:
         return MAX_HYPER_SIZE if self.hyper else self.flat_max_size
 
 
-#: Erasure coding cuts an object into stripes of this many bytes (SD_EC_DATA_STRIPE_SIZE).
-EC_STRIPE_SIZE = 512
-
-
 @dataclass(frozen=True)
 class Layout:
     """How a VDI keeps its data: what a VDI that sheepfs creates again must keep."""
 
     block_size_shift: int = DEFAULT_BLOCK_SIZE_SHIFT
-    copies: str = ""  # "" the cluster's default, "N" copies, "D:P" erasure coded
+    #: 0: the cluster's default; else the number of copies, or of data strips with parity.
+    copies: int = 0
+    #: Parity strips: more than 0 means erasure coded (``copies`` data : ``parity``).
+    parity: int = 0
 
     @property
     def erasure_coded(self) -> bool:
-        return ":" in self.copies
+        return self.parity > 0
+
+
+class VdiKind(enum.Enum):
+    WORKING = "working"
+    CLONE = "clone"
+    SNAPSHOT = "snapshot"
+
+
+@dataclass(frozen=True)
+class VdiInfo(ObjectGeometry):
+    """One VDI, as any backend reports it."""
+
+    name: bytes
+    size: int
+    used: int = 0  # bytes of objects it owns
+    ctime: int = 0  # seconds since the epoch
+    kind: VdiKind = VdiKind.WORKING
+    layout: Layout = Layout()
+    snapshot_id: int = 0  # snapshots only
+    tag: bytes = b""  # snapshots only; may be empty
+
+    @property
+    def block_size_shift(self) -> int:  # type: ignore[override]
+        return self.layout.block_size_shift
+
+    @property
+    def is_file(self) -> bool:
+        """Working VDIs and clones are files; snapshots are not (yet)."""
+        return self.kind is not VdiKind.SNAPSHOT
+
+
+@dataclass(frozen=True)
+class FsStats:
+    """Cluster capacity in bytes."""
+
+    total: int
+    used: int
+    avail: int
+
+
+@dataclass(frozen=True)
+class Hints:
+    """What a backend tells the core about itself, so the core's policy fits it."""
+
+    #: The largest request worth sending in one call (a process per call wants them long).
+    max_request: int = 64 << 20
+    #: Backend calls worth running at once: the supervisor's bound on calls in flight.
+    parallel_calls: int = 8
+    #: Whether writes to one object must not overlap until its first write is done (always
+    #: for Sheepdog: two first writes both allocate the object, and one's data is lost).
+    serialize_first_writes: bool = True
+    #: Whether every write to one object of an erasure-coded VDI must wait for the last.
+    serialize_ec_writes: bool = True
+    #: Whether ``lookup`` of one name costs much less than ``list`` of all.
+    cheap_lookup: bool = False
 
 
 def check_name(op: str, name: bytes) -> None:
@@ -72,93 +138,42 @@ def check_name(op: str, name: bytes) -> None:
         raise NameTooLong(op, name, f"VDI names are limited to {MAX_NAME_LEN} bytes")
 
 
-@dataclass(frozen=True)
-class VdiInfo(ObjectGeometry):
-    """One row of the VDI list, as Sheepdog reports it."""
-
-    name: bytes
-    kind: str  # "=" working, "s" snapshot, "c" clone
-    snap_id: int
-    size: int
-    used: int
-    shared: int
-    ctime: int
-    vid: int
-    copies: str
-    tag: bytes
-    block_size_shift: int = DEFAULT_BLOCK_SIZE_SHIFT
-
-    @property
-    def layout(self) -> Layout:
-        return Layout(self.block_size_shift, self.copies)
-
-    @property
-    def is_file(self) -> bool:
-        """Working VDIs and clones are files; snapshots are not (yet)."""
-        return self.kind in ("=", "c")
-
-
-@dataclass(frozen=True)
-class FsStats:
-    """Cluster capacity in bytes (the ``Total`` row of ``dog node info -r``)."""
-
-    total: int
-    used: int
-    avail: int
+Buffer = bytes | bytearray | memoryview
 
 
 class Backend(abc.ABC):
-    """Where VDIs live. Every method may raise a :class:`sheepfs.errors.BackendError`."""
+    """Where VDIs live. Every method may raise a :class:`sheepfs.errors.BackendError`.
+
+    Used as ``async with backend:`` (connect and probe the cluster; close at the end).
+    """
+
+    hints: Hints = Hints()
+
+    async def __aenter__(self) -> Backend:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- lifecycle ---------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def check(self) -> None:
-        """Raise :class:`~sheepfs.errors.Unavailable` unless the store answers."""
+    async def open(self) -> None:
+        """Connect and check the store answers; raise :class:`~sheepfs.errors.Unavailable`."""
+
+    async def aclose(self) -> None:  # noqa: B027 (optional: most backends hold nothing)
+        """Let go of connections (the default has none)."""
+
+    # -- metadata ----------------------------------------------------------------------------
 
     @abc.abstractmethod
     async def list(self) -> dict[bytes, VdiInfo]:
         """Every file-like VDI (working VDIs and clones), by name."""
 
-    @abc.abstractmethod
-    async def read(self, name: bytes, offset: int, length: int) -> bytes:
-        """Up to ``length`` bytes at ``offset`` (short only at the end of the VDI)."""
-
-    @asynccontextmanager
-    async def read_stream(
-        self, name: bytes, offset: int, length: int, piece_size: int = 1 << 22
-    ) -> AsyncIterator[AsyncIterator[bytes | bytearray]]:
-        """``length`` bytes from ``offset`` in ``piece_size`` pieces, for sequential readers.
-
-        A backend that can stream (one ``dog vdi read`` for the whole range) overrides this;
-        the default reads one piece at a time.
-        """
-
-        async def pieces() -> AsyncIterator[bytes]:
-            pos = offset
-            while pos < offset + length:
-                n = min(piece_size, offset + length - pos)
-                data = await self.read(name, pos, n)
-                if not data:
-                    return
-                yield data
-                pos += len(data)
-
-        yield pieces()
-
-    @abc.abstractmethod
-    async def write(self, name: bytes, offset: int, data: bytes | memoryview) -> None:
-        """Write exactly ``data`` at ``offset``; the range must lie inside the VDI."""
-
-    async def write_parts(
-        self, name: bytes, offset: int, parts: Sequence[bytes | bytearray | memoryview]
-    ) -> None:
-        """Write the concatenation of ``parts`` at ``offset`` (one call where possible)."""
-        await self.write(name, offset, b"".join(parts))
-
-    @abc.abstractmethod
-    async def write_from_file(
-        self, name: bytes, offset: int, length: int, path: str, file_offset: int
-    ) -> None:
-        """Write ``length`` bytes taken from ``path`` at ``file_offset`` to ``offset``."""
+    async def lookup(self, name: bytes) -> VdiInfo | None:
+        """The file-like VDI ``name``, or None. The default lists them all."""
+        return (await self.list()).get(name)
 
     @abc.abstractmethod
     async def create(self, name: bytes, size: int, layout: Layout | None = None) -> None:
@@ -189,3 +204,70 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def delete_snapshot(self, name: bytes, tag: str) -> None:
         """Delete snapshot ``tag`` of ``name`` (clones made from it keep working)."""
+
+    # -- data --------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def read(self, name: bytes, offset: int, length: int) -> bytes | bytearray:
+        """Up to ``length`` bytes at ``offset`` (short only at the end of the VDI)."""
+
+    async def read_into(self, name: bytes, offset: int, buf: memoryview) -> int:
+        """Fill ``buf`` from ``offset``; the number of bytes read (short at the VDI's end).
+
+        The default copies what :meth:`read` returns; a client that can receive straight
+        into the caller's buffer overrides it.
+        """
+        data = await self.read(name, offset, len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    @asynccontextmanager
+    async def read_stream(
+        self, name: bytes, offset: int, length: int, piece_size: int = 1 << 22
+    ) -> AsyncIterator[AsyncIterator[bytes | bytearray]]:
+        """``length`` bytes from ``offset`` in ``piece_size`` pieces, for sequential readers.
+
+        A backend that can stream (one ``dog vdi read`` for the whole range) overrides this;
+        the default reads one piece at a time.
+        """
+
+        async def pieces() -> AsyncIterator[bytes | bytearray]:
+            pos = offset
+            while pos < offset + length:
+                n = min(piece_size, offset + length - pos)
+                data = await self.read(name, pos, n)
+                if not data:
+                    return
+                yield data
+                pos += len(data)
+
+        yield pieces()
+
+    @abc.abstractmethod
+    async def write_parts(self, name: bytes, offset: int, parts: Sequence[Buffer]) -> None:
+        """Write the concatenation of ``parts`` at ``offset`` (scatter-gather: one call,
+        no joined copy where the backend can help it); it must lie inside the VDI."""
+
+    async def write(self, name: bytes, offset: int, data: Buffer) -> None:
+        """Write exactly ``data`` at ``offset``; the range must lie inside the VDI."""
+        await self.write_parts(name, offset, [data])
+
+    async def write_extents(self, name: bytes, fd: int, extents: Sequence[tuple[int, int]]) -> int:
+        """Write ``(offset, length)`` extents of the file ``fd`` to the same offsets of the
+        VDI (a spool file holds a file's bytes where the VDI will). Returns bytes written.
+
+        The default reads through buffers of at most ``hints.max_request`` bytes; a CLI
+        backend overrides it to hand the file itself to its process.
+        """
+        step = max(1, min(self.hints.max_request, 4 << 20))
+        done = 0
+        for offset, length in extents:
+            pos = offset
+            while pos < offset + length:
+                n = min(step, offset + length - pos)
+                data = await trio.to_thread.run_sync(os.pread, fd, n, pos)
+                data += bytes(n - len(data))  # past the file's end it reads zero
+                await self.write_parts(name, pos, [data])
+                pos += n
+                done += n
+        return done

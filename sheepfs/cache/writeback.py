@@ -11,52 +11,18 @@ per chunk; a write racing with it marks its range dirty again.
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
 
-from .backends.base import EC_STRIPE_SIZE
+from ..backends.base import EC_STRIPE_SIZE
+from .ranges import Run, add_range, plan_runs, stretches
 
 if TYPE_CHECKING:
-    from .backends.base import Backend
-    from .cache import CachedFile, Chunk, Stream
-
-C = TypeVar("C")
-
-#: One call: its offset in the file and its parts, ``(chunk, start, end)`` within each chunk.
-Run = tuple[int, list[tuple[C, int, int]]]
-
-
-def add_range(ranges: list[tuple[int, int]], a: int, b: int) -> list[tuple[int, int]]:
-    """Merge ``[a, b)`` into sorted, disjoint ``ranges`` (touching ones merge too).
-
-    By bisection: a random writer leaves thousands of runs in a chunk between write-backs.
-    """
-    i = bisect.bisect_left(ranges, a, key=lambda r: r[1])  # the first that ends at a or later
-    j = bisect.bisect_right(ranges, b, key=lambda r: r[0])  # past the last that starts by b
-    if i < j:
-        a, b = min(a, ranges[i][0]), max(b, ranges[j - 1][1])
-    return [*ranges[:i], (a, b), *ranges[j:]]
-
-
-def plan_runs(pieces: Iterable[tuple[C, int, list[tuple[int, int]]]], max_run: int) -> list[Run]:
-    """Merge ``(chunk, chunk's offset in the file, ranges to write)``, in file order, into
-    runs of contiguous bytes; a run is cut before it would pass ``max_run`` bytes."""
-    runs: list[Run] = []
-    run_bytes = 0
-    end = -1  # where the last part ends, in the file
-    for chunk, base, ranges in pieces:
-        for a, b in ranges:
-            if runs and end == base + a and run_bytes + (b - a) <= max_run:
-                runs[-1][1].append((chunk, a, b))
-                run_bytes += b - a
-            else:
-                runs.append((base + a, [(chunk, a, b)]))
-                run_bytes = b - a
-            end = base + b
-    return runs
+    from ..backends.base import Backend
+    from .chunk import CachedFile, Chunk
+    from .readahead import Stream
 
 
 def _short_stripe_runs(chunk: Chunk) -> list[tuple[int, int]]:
@@ -78,19 +44,8 @@ def _short_stripe_runs(chunk: Chunk) -> list[tuple[int, int]]:
     ]
 
 
-def stretches(indexes: Iterable[int]) -> list[tuple[int, int]]:
-    """Sorted, distinct ``indexes`` as ``(first, count)`` stretches of consecutive ones."""
-    out: list[tuple[int, int]] = []
-    for i in indexes:
-        if out and out[-1][0] + out[-1][1] == i:
-            out[-1] = (out[-1][0], out[-1][1] + 1)
-        else:
-            out.append((i, 1))
-    return out
-
-
 class WriteBack:
-    """The write-back half of :class:`sheepfs.cache.ChunkCache`, which mixes it in."""
+    """The write-back half of :class:`~sheepfs.cache.cache.ChunkCache`, which mixes it in."""
 
     #: A chunk with more dirty runs than this is written back whole, its clean parts read
     #: from the backend first. Each run is a call of its own (15-50 ms), while a whole
@@ -101,6 +56,7 @@ class WriteBack:
     backend: Backend
     budget: int
     bytes_written: int
+    grown: Callable[[CachedFile], None]  # told when a file's VDI was grown
     _by_file: dict[int, dict[int, Chunk]]
     _streams: dict[int, Stream]
     _unpinned: trio.Event
@@ -141,27 +97,45 @@ class WriteBack:
         to end. Returns whether there was anything to write.
         """
         async with f.lock:
-            if not only_full:
-                await self._load_scattered(f)
-            chunks = sorted(
-                (
-                    c
-                    for c in self._by_file.get(f.id, {}).values()
-                    if c.dirty and (not only_full or self._full(c))
-                ),
-                key=lambda c: c.index,
-            )
-            if not chunks:
-                return False
-            await f.before_writeback()
-            max_run = max(f.object_size, self.budget // 2)
-            runs = plan_runs(((c, c.start, self._to_write(c)) for c in chunks), max_run)
-            if only_full:
-                # One call per write-behind round: the next round then takes the first run
-                # together with what the writer completed meanwhile, not a short leftover.
-                runs = runs[:1]
-            await self._send(f, runs)
+            return await self.flush_locked(f, only_full)
+
+    async def flush_locked(self, f: CachedFile, only_full: bool = False) -> bool:
+        """:meth:`flush`, for a caller that holds ``f.lock``."""
+        if not only_full:
+            await self._load_scattered(f)
+        chunks = sorted(
+            (
+                c
+                for c in self._by_file.get(f.id, {}).values()
+                if c.dirty and (not only_full or self._full(c))
+            ),
+            key=lambda c: c.index,
+        )
+        if not chunks:
+            return False
+        await self.grow(f)
+        max_run = max(f.object_size, min(self.backend.hints.max_request, self.budget // 2))
+        runs = plan_runs(((c, c.start, self._to_write(c)) for c in chunks), max_run)
+        if only_full:
+            # One call per write-behind round: the next round then takes the first run
+            # together with what the writer completed meanwhile, not a short leftover.
+            runs = runs[:1]
+        await self._send(f, runs)
         return True
+
+    async def grow(self, f: CachedFile) -> None:
+        """Grow the VDI to the file's size (docs/SHEEPDOG.md F10), under ``f.lock``.
+
+        Writes go on while a resize is on its way and may grow the file further, so this
+        returns only once the VDI covers all of it: dog cuts a write at the VDI's end
+        without a word, and what the caller plans next (with no await in between) must lie
+        inside the VDI.
+        """
+        while f.size > f.backend_size:
+            size = f.size
+            await self.backend.resize(f.name, size)
+            f.backend_size = size
+            self.grown(f)
 
     def _to_write(self, chunk: Chunk) -> list[tuple[int, int]]:
         """The ranges of a dirty chunk to write: its dirty runs, or all of it (as far as the

@@ -2,7 +2,7 @@
 
 Sheepdog fixes a VDI's size at creation, so a new file is written to a sparse spool file and
 its VDI is created when the file is closed, or once enough of it is written to start
-uploading it behind the writer (see :mod:`sheepfs.files`). Each spool file has a small
+uploading it behind the writer (see :mod:`sheepfs.core.upload`). Each spool file has a small
 JSON sidecar naming its VDI, so data left behind by a crash can be found and named later.
 """
 
@@ -50,6 +50,11 @@ class StagedFile:
     @property
     def size(self) -> int:
         return os.fstat(self.fd).st_size
+
+    @property
+    def allocated(self) -> int:
+        """Bytes of disk the spool file takes (its holes take none)."""
+        return os.fstat(self.fd).st_blocks * 512
 
     def pread(self, offset: int, size: int) -> bytes:
         return os.pread(self.fd, size, offset)

@@ -3,6 +3,8 @@
 ``dog vdi list -r`` costs O(all VDIs) (about 330 ms at 1000 VDIs), so one listing is kept and
 refreshed at most once per TTL. Our own create/delete/resize update it at once; a refresh that
 was already running when such a change happened re-applies the change, so it cannot undo it.
+A backend whose ``lookup`` of one name is cheap (``hints.cheap_lookup``) answers a name
+directly instead of a stale listing being refreshed for it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .backends.base import Backend, VdiInfo
+from ..backends.base import Backend, VdiInfo
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,14 @@ class Catalog:
         return self._vdis
 
     async def get(self, name: bytes) -> VdiInfo | None:
-        return (await self.all()).get(name)
+        if self._fresh() or not self.backend.hints.cheap_lookup:
+            return (await self.all()).get(name)
+        started = trio.current_time()
+        info = await self.backend.lookup(name)
+        change = self._changes.get(name)
+        if change is not None and change[0] >= started:  # ours, made while it was asked
+            info = change[1]
+        return info
 
     async def _refresh(self) -> None:
         started = trio.current_time()

@@ -1,0 +1,1 @@
+"""The chunk cache of live files: chunks, read-ahead, write-back, recycled buffers."""

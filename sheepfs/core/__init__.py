@@ -1,0 +1,1 @@
+"""The core: the filesystem without FUSE, its open files, uploads and background tasks."""

@@ -1,0 +1,97 @@
+"""Renaming: Sheepdog has no rename, so a VDI gets a new name without copying its data.
+
+A file that is only in the spool just changes its name (free). A VDI is renamed as a
+snapshot, a clone of the snapshot under the new name, the old VDI deleted and the snapshot
+dropped (docs/SHEEPDOG.md F13: clones outlive their source snapshot). A VDI renamed over
+an existing one first snapshots the one it replaces, so a failure leaves its data
+reachable and the log says where.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from ..backends.base import Backend, VdiInfo, VdiKind
+from .catalog import Catalog
+from .openfile import OpenFile, State
+from .openfiles import OpenFiles
+from .replace import drop_snapshot, snapshot_tag
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rename:
+    """One rename: the names, what is open under them, and what the listing knows."""
+
+    src: bytes
+    dst: bytes
+    src_file: OpenFile | None
+    dst_file: OpenFile | None
+    src_info: VdiInfo | None
+    dst_exists: bool
+
+
+async def rename(backend: Backend, catalog: Catalog, files: OpenFiles, r: Rename) -> None:
+    """Give ``r.src`` the name ``r.dst``, replacing ``r.dst`` if it exists."""
+    if r.dst_file is not None and r.dst_file is not r.src_file:
+        async with r.dst_file.lock:  # an upload of it under way ends first
+            if not r.dst_file.gone:
+                r.dst_file.to(State.UNLINKED)
+    f = r.src_file
+    if f is not None and f.staged is not None and not f.has_vdi:
+        async with f.lock:
+            _rename_staged(f, r.dst, r.dst_exists)
+        return
+    if f is None:
+        await _rename_vdi(backend, catalog, r)
+        catalog.put(dataclasses.replace(r.src_info, name=r.dst, kind=VdiKind.CLONE))
+        return
+    async with f.lock:  # no write-back may reach the old VDI once it is snapshotted
+        await files.sync_locked(f)
+        await _rename_vdi(backend, catalog, r)
+        f.name = r.dst
+        if f.staged is not None:
+            f.staged.rename(r.dst)
+        files.record(f)
+
+
+def _rename_staged(f: OpenFile, dst: bytes, dst_exists: bool) -> None:
+    """A file with no VDI yet: only its name changes (and it replaces ``dst``'s VDI)."""
+    assert f.staged is not None
+    f.name = dst
+    if dst_exists and f.state is State.STAGED:
+        f.to(State.REPLACING)
+        f.staged.replaces = True
+    f.staged.rename(dst)
+
+
+async def _rename_vdi(backend: Backend, catalog: Catalog, r: Rename) -> None:
+    """Snapshot ``src``, clone it as ``dst`` (over the old ``dst``), delete ``src``."""
+    tag = snapshot_tag("mv")
+    await backend.snapshot(r.src, tag)
+    dst_tag = None
+    try:
+        if r.dst_exists:
+            dst_tag = snapshot_tag("old")
+            await backend.snapshot(r.dst, dst_tag)
+            await backend.delete(r.dst)
+            catalog.remove(r.dst)
+        await backend.clone(r.src, tag, r.dst)
+    except BaseException:
+        if dst_tag is not None:
+            log.error(
+                "rename %r -> %r failed; the old %r is in its snapshot %s",
+                r.src,
+                r.dst,
+                r.dst,
+                dst_tag,
+            )
+        await drop_snapshot(backend, r.src, tag)
+        raise
+    await backend.delete(r.src)
+    catalog.remove(r.src)
+    await drop_snapshot(backend, r.src, tag)
+    if dst_tag is not None:
+        await drop_snapshot(backend, r.dst, dst_tag)

@@ -1,0 +1,274 @@
+"""The FUSE adapter: translates kernel requests into calls of the FUSE-free core.
+
+It only translates: file names to VDI names and back (:mod:`sheepfs.names`), core
+attributes to ``EntryAttributes``, handles to ``FileInfo``, and failures to errno (in
+:func:`_guarded`, the one place). Everything a request means is decided in
+:class:`sheepfs.core.filesystem.Filesystem`.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pyfuse3
+
+from ..core.filesystem import Attrs, Filesystem, Opened
+from ..errors import BackendError, errno_for
+from ..names import BadName, decode, encode
+from .pagecache import DropBehind
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+ROOT = pyfuse3.ROOT_INODE
+
+
+@dataclass
+class Options:
+    """What the kernel is told about every file."""
+
+    attr_timeout: float = 1.0
+    uid: int = os.getuid()
+    gid: int = os.getgid()
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
+
+
+def _guarded(op: str, by_handle: bool = False) -> Callable[[F], F]:
+    """Turn a failure of ``op`` into one log line and the right errno.
+
+    Refusals the user asked for (``quiet``) are logged at debug level; a bug costs one
+    request (EIO and its traceback in the log), never the mount. ``by_handle``: the first
+    argument is a handle, which names the file in the log line of an OSError.
+    """
+
+    def wrap(method: F) -> F:
+        @functools.wraps(method)
+        async def guarded(self: SheepFS, *args: Any) -> Any:
+            who = functools.partial(self._who, args[0] if by_handle else None)
+            try:
+                return await method(self, *args)
+            except pyfuse3.FUSEError:
+                raise
+            except BackendError as e:
+                self.errors += not e.quiet
+                log.log(logging.DEBUG if e.quiet else logging.ERROR, "%s: %s", op, e)
+                raise pyfuse3.FUSEError(errno_for(e)) from None
+            except OSError as e:
+                self.errors += 1
+                log.error("%s%s failed: %s", op, who(), e)
+                raise pyfuse3.FUSEError(errno_for(e)) from None
+            except Exception:
+                self.errors += 1
+                log.exception("%s%s failed unexpectedly", op, who())
+                raise pyfuse3.FUSEError(errno.EIO) from None
+
+        return guarded  # type: ignore[return-value]
+
+    return wrap
+
+
+def _vdi_name(file_name: bytes) -> bytes:
+    try:
+        return decode(file_name)
+    except BadName as e:
+        raise pyfuse3.FUSEError(e.errno) from None
+
+
+class SheepFS(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, core: Filesystem, opts: Options):
+        super().__init__()
+        self.core = core
+        self.opts = opts
+        self.errors = 0
+        self.drop_behind = DropBehind()
+        #: Run once, on the first request after FUSE's INIT (the kernel is set up by then).
+        self.after_init: Callable[[], None] | None = None
+
+    def _who(self, fh: int | None) -> str:
+        """`` 'NAME'`` of the file open as ``fh``, for a log line."""
+        try:
+            return f" {self.core.name_of_handle(fh)!r}" if fh is not None else ""
+        except KeyError:
+            return ""
+
+    def _first_request(self) -> None:
+        if self.after_init is not None:
+            hook, self.after_init = self.after_init, None
+            hook()
+
+    # -- attributes --------------------------------------------------------------------------
+
+    def _entry(self, a: Attrs) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = a.ino
+        e.generation = 0
+        e.entry_timeout = e.attr_timeout = self.opts.attr_timeout
+        e.st_mode = stat.S_IFREG | self.opts.file_mode
+        e.st_nlink = 1
+        e.st_uid, e.st_gid = self.opts.uid, self.opts.gid
+        e.st_rdev = 0
+        e.st_size = a.size
+        e.st_blksize = a.object_size
+        e.st_blocks = -(-a.used // 512)
+        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = a.ctime * 1_000_000_000
+        return e
+
+    def _root(self) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = ROOT
+        e.entry_timeout = e.attr_timeout = self.opts.attr_timeout
+        e.st_mode = stat.S_IFDIR | self.opts.dir_mode
+        e.st_nlink = 2
+        e.st_uid, e.st_gid = self.opts.uid, self.opts.gid
+        e.st_size = 0
+        e.st_blksize = 4096
+        return e
+
+    @staticmethod
+    def _file_info(o: Opened) -> pyfuse3.FileInfo:
+        return pyfuse3.FileInfo(fh=o.fh, direct_io=o.direct_io, keep_cache=o.keep_cache)
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    @_guarded("lookup")
+    async def lookup(self, parent_inode, name, ctx=None):
+        self._first_request()
+        if parent_inode != ROOT:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if name in (b".", b".."):
+            return self._root()
+        return self._entry(await self.core.lookup(_vdi_name(name)))
+
+    @_guarded("getattr")
+    async def getattr(self, inode, ctx=None):
+        self._first_request()
+        if inode == ROOT:
+            return self._root()
+        return self._entry(await self.core.getattr(inode))
+
+    @_guarded("setattr")
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        if inode == ROOT:
+            return self._root()
+        if fields.update_size:
+            return self._entry(await self.core.truncate(inode, attr.st_size, fh))
+        # Mode, owner and times are not stored in Sheepdog: accepted and not kept, so tools
+        # such as rsync -a and cp -p work (the README says so).
+        return self._entry(await self.core.getattr(inode))
+
+    async def opendir(self, inode, ctx):
+        if inode != ROOT:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    @_guarded("readdir")
+    async def readdir(self, fh, start_id, token):
+        entries = await self.core.readdir()
+        for i in range(start_id, len(entries)):
+            name, attrs = entries[i]
+            if not pyfuse3.readdir_reply(token, encode(name), self._entry(attrs), i + 1):
+                break
+
+    async def releasedir(self, fh):
+        pass
+
+    @_guarded("statfs")
+    async def statfs(self, ctx):
+        stats = await self.core.statfs()
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = 1 << 22
+        s.f_frsize = 4096
+        s.f_blocks = stats.total // s.f_frsize
+        s.f_bfree = stats.avail // s.f_frsize
+        s.f_bavail = s.f_bfree
+        s.f_files = 1 << 24  # SD_NR_VDIS
+        s.f_ffree = s.f_favail = s.f_files - self.core.names_known
+        s.f_namemax = 255
+        return s
+
+    # -- files -------------------------------------------------------------------------------
+
+    @_guarded("open")
+    async def open(self, inode, flags, ctx):
+        writing = flags & os.O_ACCMODE != os.O_RDONLY
+        opened = await self.core.open(inode, writing, truncate=bool(flags & os.O_TRUNC))
+        return self._file_info(opened)
+
+    @_guarded("create")
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        if parent_inode != ROOT:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        opened, attrs = await self.core.create(_vdi_name(name))
+        return self._file_info(opened), self._entry(attrs)
+
+    @_guarded("read", by_handle=True)
+    async def read(self, fh, off, size):
+        data = await self.core.read(fh, off, size)
+        ino = self.core.sequential(fh)
+        if ino is not None:
+            self.drop_behind.read(ino, off)
+        return data
+
+    @_guarded("write", by_handle=True)
+    async def write(self, fh, off, buf):
+        return await self.core.write(fh, off, buf)
+
+    @_guarded("flush", by_handle=True)
+    async def flush(self, fh):
+        # close() waits for FLUSH, not RELEASE: this is where upload errors reach the user.
+        await self.core.flush(fh)
+
+    @_guarded("fsync", by_handle=True)
+    async def fsync(self, fh, datasync):
+        await self.core.fsync(fh)
+
+    async def release(self, fh):
+        ino = await self.core.release(fh)
+        if ino is not None:
+            self.drop_behind.forget(ino)
+
+    @_guarded("unlink")
+    async def unlink(self, parent_inode, name, ctx):
+        if parent_inode != ROOT:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        await self.core.unlink(_vdi_name(name))
+
+    @_guarded("rename")
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        if parent_inode_old != ROOT or parent_inode_new != ROOT:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        src, dst = _vdi_name(name_old), _vdi_name(name_new)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            self.core.refuse_exchange(src)
+        await self.core.rename(src, dst, noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE))
+
+    async def forget(self, inode_list):
+        pass
+
+    # -- not supported in a flat store of disk images ----------------------------------------
+
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def rmdir(self, parent_inode, name, ctx):
+        raise pyfuse3.FUSEError(errno.ENOTDIR if name not in (b".", b"..") else errno.EINVAL)
+
+    async def symlink(self, parent_inode, name, target, ctx):
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        raise pyfuse3.FUSEError(errno.EPERM)

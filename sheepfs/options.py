@@ -1,0 +1,169 @@
+"""The command line: options, their ``-o`` forms (as mount(8) and fstab pass them), and
+the SOURCE argument."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import __version__
+from .sizes import parse_size
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sheepfs",
+        usage="sheepfs [SOURCE] MOUNTPOINT [options] [-o OPT[,OPT...]]",
+        description=(
+            "Mount a Sheepdog cluster as a directory: every VDI is a regular file. "
+            "SOURCE is ADDR[:PORT] of a sheep (as mount(8) and fstab pass it) or local:DIR "
+            "for a directory of image files; every option also has an -o form "
+            "(-o cache_size=512M,allow_other)."
+        ),
+    )
+    p.add_argument("source_or_mountpoint", metavar="SOURCE", help=argparse.SUPPRESS)
+    p.add_argument("mountpoint", nargs="?", help=argparse.SUPPRESS)
+    _cluster_options(p.add_argument_group("cluster"))
+    _mount_options(p.add_argument_group("mount"))
+    _data_options(p.add_argument_group("data"))
+    g = p.add_argument_group("logging")
+    g.add_argument("--debug", action="store_true", help="log every operation")
+    g.add_argument("--log-file", type=Path, help="log here instead of stderr (or syslog)")
+    p.add_argument(
+        "-o",
+        dest="mount_options",
+        action="append",
+        default=[],
+        metavar="OPTS",
+        help="comma-separated options: the long options above with _ for - "
+        "(address=, port=, dog=, timeout=, local=, ro, allow_other, uid=, gid=, umask=, "
+        "attr_timeout=, direct_io, spool_dir=, cache_size=, list_ttl=, debug, log_file=)",
+    )
+    p.add_argument("-V", "--version", action="version", version=f"sheepfs {__version__}")
+    return p
+
+
+def _cluster_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("-a", "--address", help="sheep address (default 127.0.0.1)")
+    g.add_argument("-p", "--port", type=int, help="sheep port (default 7000)")
+    g.add_argument("--dog", help="path of the dog (or collie) CLI (default: dog, else collie)")
+    g.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds before a dog call is killed (60)"
+    )
+    g.add_argument(
+        "--local", type=Path, metavar="DIR", help="no cluster: keep VDIs as image files in DIR"
+    )
+
+
+def _mount_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "-f", "--foreground", action="store_true", help="stay in the foreground until unmounted"
+    )
+    g.add_argument("--ro", action="store_true", help="read-only: writes fail with EROFS")
+    g.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let other users in (permissions are then checked by the kernel)",
+    )
+    g.add_argument("--uid", type=int, help="owner of the files (default: the mounting user)")
+    g.add_argument("--gid", type=int, help="group of the files (default: the mounting group)")
+    g.add_argument(
+        "--umask", type=lambda v: int(v, 8), help="mask for file modes, octal (default 022)"
+    )
+    g.add_argument(
+        "--attr-timeout", type=float, help="seconds the kernel caches attributes (= list TTL)"
+    )
+    g.add_argument(
+        "--direct-io",
+        action="store_true",
+        help="bypass the kernel's page cache: faster for large reads and writes (dd bs=1M), "
+        "slower for small ones (no read-ahead)",
+    )
+
+
+def _data_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--spool-dir", type=Path, help="where new files wait until uploaded")
+    g.add_argument(
+        "--cache-size", type=parse_size, default=parse_size("256M"), help="chunk cache (256M)"
+    )
+    g.add_argument(
+        "--list-ttl", type=float, default=1.0, help="seconds a VDI listing is reused (1)"
+    )
+
+
+#: -o option -> (attribute, converter); a converter of None marks a flag.
+_O_OPTIONS: dict[str, tuple[str, object]] = {
+    "address": ("address", str),
+    "port": ("port", int),
+    "dog": ("dog", str),
+    "timeout": ("timeout", float),
+    "local": ("local", Path),
+    "ro": ("ro", None),
+    "allow_other": ("allow_other", None),
+    "uid": ("uid", int),
+    "gid": ("gid", int),
+    "umask": ("umask", lambda v: int(v, 8)),
+    "attr_timeout": ("attr_timeout", float),
+    "direct_io": ("direct_io", None),
+    "spool_dir": ("spool_dir", Path),
+    "cache_size": ("cache_size", parse_size),
+    "list_ttl": ("list_ttl", float),
+    "debug": ("debug", None),
+    "log_file": ("log_file", Path),
+}
+#: Generic mount(8) options that mean nothing here (fstab and mount.fuse3 pass them).
+_IGNORED = {
+    "rw", "defaults", "auto", "noauto", "user", "nouser", "users", "nofail", "_netdev",
+    "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime",
+    "default_permissions",
+}  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.mountpoint is None:
+        args.source, args.mountpoint = None, args.source_or_mountpoint
+    else:
+        args.source = args.source_or_mountpoint
+    for group in args.mount_options:
+        for opt in filter(None, group.split(",")):
+            _apply_o_option(parser, args, opt)
+    if args.source:
+        _apply_source(parser, args)
+    args.address = args.address or "127.0.0.1"
+    args.port = args.port or 7000
+    return args
+
+
+def _apply_o_option(parser: argparse.ArgumentParser, args: argparse.Namespace, opt: str) -> None:
+    key, has_value, value = opt.partition("=")
+    if key in _IGNORED:
+        return
+    spec = _O_OPTIONS.get(key)
+    if spec is None:
+        parser.error(f"unknown mount option: -o {opt}")
+    attr, convert = spec
+    if convert is None:
+        setattr(args, attr, True)
+        return
+    if not has_value:
+        parser.error(f"-o {key} needs a value ({key}=...)")
+    try:
+        setattr(args, attr, convert(value))  # type: ignore[operator]
+    except ValueError as e:
+        parser.error(f"-o {opt}: {e}")
+
+
+def _apply_source(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """SOURCE: ``local:DIR``, ``ADDR[:PORT]``, or the placeholders fstab lines use."""
+    if args.source.startswith("local:"):
+        args.local = Path(args.source.removeprefix("local:"))
+    elif args.source not in ("sheepfs", "sheepdog"):
+        host, _, port = args.source.rpartition(":") if ":" in args.source else (args.source, "", "")
+        args.address = args.address or host
+        if port and args.port is None:
+            try:
+                args.port = int(port)
+            except ValueError:
+                parser.error(f"bad port in source {args.source!r}")
