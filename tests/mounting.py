@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,15 @@ def is_mounted(path: Path) -> bool:
     """Whether ``path`` is a mount point in /proc/mounts (alive or not)."""
     with open("/proc/mounts") as f:
         return any(line.split()[1] == str(path) for line in f)
+
+
+def fuse_unmount(path: Path) -> None:
+    """Unmount ``path`` if it is mounted (also a dead mount): ``fusermount3 -u``, then
+    ``-uz`` if the mount is busy."""
+    if is_mounted(path):
+        r = subprocess.run(["fusermount3", "-u", str(path)], capture_output=True)
+        if r.returncode != 0:
+            subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True)
 
 
 def fake_dog_env(store: Path) -> dict[str, str]:
@@ -181,10 +190,7 @@ class Mount:
                 pass
 
     def cleanup(self) -> None:
-        if is_mounted(self.path):  # also a dead mount, which ismount() cannot see
-            r = subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True)
-            if r.returncode != 0:
-                subprocess.run(["fusermount3", "-uz", str(self.path)], capture_output=True)
+        fuse_unmount(self.path)  # also a dead mount, which ismount() cannot see
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -223,11 +229,22 @@ def start_mount(store: Store, base: Path, *extra: str, wait: bool = True) -> Mou
     return m
 
 
-def wait_for(predicate, what: str, timeout: float = 30) -> None:
+def wait_for(
+    predicate: Callable[[], object],
+    what: str,
+    timeout: float = 30,
+    interval: float = 0.05,
+    detail: Callable[[], str] | None = None,
+) -> None:
+    """Poll ``predicate`` every ``interval`` seconds until it is true; fail after ``timeout``
+    seconds, saying what was awaited and, if given, what ``detail()`` tells then (the
+    daemon's log, say)."""
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+        if time.monotonic() >= deadline:
+            more = f"\n{detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out waiting for {what}{more}")
+        time.sleep(interval)
 
 
 # -- pytest fixtures (this module is loaded as a plugin: see pyproject's addopts) ----------
@@ -335,4 +352,11 @@ def mount_of(store: Store, base: Path, *extra: str) -> Iterator[Mount]:
 def mounted(any_store, tmp_path):
     """A mount of ``any_store`` (the fake dog, the local backend, a real cluster)."""
     with mount_of(any_store, tmp_path) as m:
+        yield m
+
+
+@pytest.fixture
+def mnt(store, tmp_path):
+    """A mount of the ``store`` fixture of the test's module."""
+    with mount_of(store, tmp_path) as m:
         yield m

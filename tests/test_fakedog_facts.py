@@ -14,6 +14,7 @@ import pytest
 
 from sheepfs.backends.dog.listing import parse_vdi_list
 from tests.fakedog import control
+from tests.helpers import run_threads
 
 pytestmark = pytest.mark.timeout(120)
 MiB = 1 << 20
@@ -407,11 +408,7 @@ def test_many_concurrent_callers_keep_the_state_sane(store):
         if r.returncode:
             errors.append(r.stderr)
 
-    threads = [threading.Thread(target=create, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    run_threads([threading.Thread(target=create, args=(i,)) for i in range(16)])
     assert not errors
     assert sorted(r.name for r in rows(store)) == sorted(f"c{i}".encode() for i in range(16))
     assert os.path.exists(store / "state.json")

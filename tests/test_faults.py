@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.mounting import FAKEDOG, make_store, small_spool, start_mount
+from tests.helpers import run_threads
+from tests.mounting import FAKEDOG, make_store, mount_of, small_spool, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 MiB = 1 << 20
@@ -25,26 +26,23 @@ needs_fake_dog = pytest.mark.skipif(not (FAKEDOG / "dog").exists(), reason="no f
 
 def test_sigkill_during_cp_then_remount_uploads_the_spool(any_store, tmp_path):
     data = os.urandom(9 * MiB)
-    m = start_mount(any_store, tmp_path)
-    try:
+    with mount_of(any_store, tmp_path) as m:
         fd = os.open(m.path / "big", os.O_WRONLY | os.O_CREAT, 0o644)
         os.write(fd, data)  # staged, not yet closed: nothing is in the store
         m.crash(fd)
-    finally:
-        m.cleanup()
     leftovers = sorted(p.name for p in m.spool.iterdir())
     assert len(leftovers) == 2, leftovers  # the data and the sidecar naming its VDI
     assert b"big" not in any_store.vdis()
-    m2 = start_mount(any_store, tmp_path)
-    try:
-        deadline = time.monotonic() + 30
-        while b"big" not in any_store.vdis() or any(m2.spool.iterdir()):
-            assert time.monotonic() < deadline, m2.log_text()
-            time.sleep(0.1)
+    with mount_of(any_store, tmp_path) as m2:
+        wait_for(
+            lambda: b"big" in any_store.vdis() and not any(m2.spool.iterdir()),
+            "the spool to be uploaded",
+            30,
+            interval=0.1,
+            detail=m2.log_text,
+        )
         assert any_store.read(b"big") == data
         assert "uploading" in m2.log_text() and "left by an earlier run" in m2.log_text()
-    finally:
-        m2.cleanup()
 
 
 def test_spool_must_be_private(tmp_path):
@@ -68,18 +66,14 @@ def test_new_spool_is_0700(mounted):
 
 
 def test_spool_disk_full_gives_enospc_and_no_vdi(any_store, tmp_path):
-    with small_spool(tmp_path, 2 * MiB):
-        m = start_mount(any_store, tmp_path)
-        try:
-            with pytest.raises(OSError) as e:
-                with open(m.path / "huge", "wb") as f:
-                    for _ in range(8):
-                        f.write(os.urandom(MiB))
-            assert e.value.errno == errno.ENOSPC
-            assert b"huge" not in any_store.vdis()
-            (m.path / "small").write_bytes(b"still works")  # the mount keeps working
-        finally:
-            m.cleanup()
+    with small_spool(tmp_path, 2 * MiB), mount_of(any_store, tmp_path) as m:
+        with pytest.raises(OSError) as e:
+            with open(m.path / "huge", "wb") as f:
+                for _ in range(8):
+                    f.write(os.urandom(MiB))
+        assert e.value.errno == errno.ENOSPC
+        assert b"huge" not in any_store.vdis()
+        (m.path / "small").write_bytes(b"still works")  # the mount keeps working
 
 
 @pytest.mark.parametrize("size", [(4 << 40) + 1, 1 << 50])
@@ -111,11 +105,7 @@ def test_four_writers_to_one_new_object_and_four_readers(mounted):
         finally:
             os.close(fd)
 
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    run_threads([threading.Thread(target=writer, args=(i,)) for i in range(4)])
     want = b"".join(parts) + bytes(4 * MiB)
     assert mounted.store.read(b"disk") == want
     results: list[bytes] = []
@@ -123,10 +113,7 @@ def test_four_writers_to_one_new_object_and_four_readers(mounted):
         threading.Thread(target=lambda: results.append((mounted.path / "disk").read_bytes()))
         for _ in range(4)
     ]
-    for t in readers:
-        t.start()
-    for t in readers:
-        t.join(60)
+    run_threads(readers)
     assert results == [want] * 4
 
 
@@ -136,11 +123,7 @@ def test_two_files_written_in_parallel(mounted):
     def write(name: str) -> None:
         (mounted.path / name).write_bytes(blobs[name])
 
-    threads = [threading.Thread(target=write, args=(n,)) for n in blobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    run_threads([threading.Thread(target=write, args=(n,)) for n in blobs])
     for name, data in blobs.items():
         assert mounted.store.read(name.encode()) == data
 
@@ -188,8 +171,7 @@ def set_reachable(store, up: bool) -> None:
 def test_cluster_unreachable_while_mounted(dog_like_store, tmp_path):
     store = dog_like_store
     store.create(b"live", 8 * MiB, b"old")
-    m = start_mount(store, tmp_path, "--timeout", "5")
-    try:
+    with mount_of(store, tmp_path, "--timeout", "5") as m:
         fd = os.open(m.path / "live", os.O_RDWR)
         set_reachable(store, False)
         os.pwrite(fd, b"dirty data", 100)
@@ -208,8 +190,6 @@ def test_cluster_unreachable_while_mounted(dog_like_store, tmp_path):
         assert store.read(b"live")[100:110] == b"dirty data"
         (m.path / "again").write_bytes(b"works again")
         assert store.read(b"again") == b"works again"
-    finally:
-        m.cleanup()
     assert m.proc.returncode == 0, m.log_text()[-3000:]
 
 
@@ -218,8 +198,7 @@ def test_a_hanging_call_does_not_block_other_files(dog_store, tmp_path):
 
     dog_store.create(b"stuck", MiB, b"s")
     dog_store.create(b"fine", MiB, b"f")
-    m = start_mount(dog_store, tmp_path, "--timeout", "4")
-    try:
+    with mount_of(dog_store, tmp_path, "--timeout", "4") as m:
         os.stat(m.path / "stuck")
         os.stat(m.path / "fine")
         control.add_fault(dog_store.path, {"match": ["vdi", "read"], "name": "stuck", "hang": True})
@@ -242,8 +221,6 @@ def test_a_hanging_call_does_not_block_other_files(dog_store, tmp_path):
         pgrep = ["pgrep", "-f", f"{dog_store.dog} vdi read"]  # ours, not other dogs
         left = subprocess.run(pgrep, capture_output=True).stdout
         assert left == b"", left
-    finally:
-        m.cleanup()
 
 
 def test_dog_killed_during_upload_then_unmount_finishes_it(dog_store, tmp_path):
@@ -252,8 +229,7 @@ def test_dog_killed_during_upload_then_unmount_finishes_it(dog_store, tmp_path):
     data = os.urandom(12 * MiB)
     control.add_fault(dog_store.path, {"match": ["vdi", "write"], "kill": True,
                                        "after_bytes": 4 * MiB, "times": 1})  # fmt: skip
-    m = start_mount(dog_store, tmp_path)
-    try:
+    with mount_of(dog_store, tmp_path) as m:
         src = tmp_path / "src"
         src.write_bytes(data)
         r = subprocess.run(["cp", str(src), str(m.path / "big")], capture_output=True, text=True)
@@ -262,8 +238,6 @@ def test_dog_killed_during_upload_then_unmount_finishes_it(dog_store, tmp_path):
         assert len(spooled) == 1 and spooled[0].read_bytes() == data
         assert f"kept in {spooled[0]}" in m.log_text()
         assert m.unmount() == 0  # the retry at unmount gets it in
-    finally:
-        m.cleanup()
     assert dog_store.read(b"big") == data
     assert list(m.spool.iterdir()) == []
 
@@ -274,27 +248,24 @@ def test_upload_that_keeps_failing_is_finished_by_the_next_mount(dog_store, tmp_
     data = os.urandom(6 * MiB)
     failure = {"match": ["vdi", "write"], "rc": 1, "stderr": "Failed to write object: I/O error\n"}
     control.add_fault(dog_store.path, failure)
-    m = start_mount(dog_store, tmp_path)
-    try:
+    with mount_of(dog_store, tmp_path) as m:
         with pytest.raises(OSError) as e:
             with open(m.path / "img", "wb") as f:
                 f.write(data)
         assert e.value.errno == errno.EIO
         code = m.unmount()
-    finally:
-        m.cleanup()
     assert code != 0  # data could not be saved: the exit code says so
     assert "SOME DATA COULD NOT BE SAVED" in m.log_text()
     control.clear_faults(dog_store.path)
-    m2 = start_mount(dog_store, tmp_path)
-    try:
-        deadline = time.monotonic() + 30
-        while any(m2.spool.iterdir()):
-            assert time.monotonic() < deadline, m2.log_text()
-            time.sleep(0.1)
+    with mount_of(dog_store, tmp_path) as m2:
+        wait_for(
+            lambda: not any(m2.spool.iterdir()),
+            "the spool to be uploaded",
+            30,
+            interval=0.1,
+            detail=m2.log_text,
+        )
         assert dog_store.read(b"img") == data
-    finally:
-        m2.cleanup()
 
 
 def test_sigterm_during_an_upload_waits_for_it(dog_store, tmp_path):
@@ -302,19 +273,18 @@ def test_sigterm_during_an_upload_waits_for_it(dog_store, tmp_path):
 
     data = os.urandom(5 * MiB)
     control.add_fault(dog_store.path, {"match": ["vdi", "write"], "sleep": 2, "times": 1})
-    m = start_mount(dog_store, tmp_path)
-    try:
+    with mount_of(dog_store, tmp_path) as m:
         src = tmp_path / "src"
         src.write_bytes(data)
         cp = subprocess.Popen(["cp", str(src), str(m.path / "slow")])
-        deadline = time.monotonic() + 10
-        while control.count_calls(dog_store.path, "vdi", "write") == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_for(
+            lambda: control.count_calls(dog_store.path, "vdi", "write") != 0,
+            "the first `dog vdi write`",
+            10,
+            interval=0.02,
+        )
         assert m.terminate() == 0
         assert cp.wait(10) == 0
-    finally:
-        m.cleanup()
     assert dog_store.read(b"slow") == data
 
 
@@ -322,8 +292,7 @@ def test_cluster_full_gives_enospc_and_keeps_the_spool(dog_store, tmp_path):
     from tests.fakedog import control
 
     control.add_fault(dog_store.path, {"match": ["vdi", "write"], "nospace": True})
-    m = start_mount(dog_store, tmp_path)
-    try:
+    with mount_of(dog_store, tmp_path) as m:
         with pytest.raises(OSError) as e:
             with open(m.path / "full", "wb") as f:
                 f.write(b"z" * MiB)
@@ -333,21 +302,16 @@ def test_cluster_full_gives_enospc_and_keeps_the_spool(dog_store, tmp_path):
         assert "Server has no space for new objects" in m.log_text()
         control.clear_faults(dog_store.path)
         assert m.unmount() == 0
-    finally:
-        m.cleanup()
     assert dog_store.read(b"full") == b"z" * MiB
 
 
 def test_names_reach_dog_as_argv_after_double_dash(dog_store, tmp_path):
     from tests.fakedog import control
 
-    m = start_mount(dog_store, tmp_path)
-    try:
+    with mount_of(dog_store, tmp_path) as m:
         for name in ("-rf", "--help", "$(touch pwned)", "a;b", "'q'"):
             (m.path / name).write_bytes(b"x")
             assert dog_store.read(name.encode()) == b"x"
-    finally:
-        m.cleanup()
     assert not (tmp_path / "pwned").exists() and not os.path.exists("pwned")
     for argv in control.calls(dog_store.path):
         if argv[:2] in (["vdi", "create"], ["vdi", "write"]):
@@ -362,8 +326,7 @@ def test_failed_replace_keeps_the_old_data_reachable(dog_store, tmp_path):
     dog_store.create(b"disk", len(old), old)
     failure = {"rc": 1, "stderr": "Failed to create VDI disk: I/O error\n"}
     control.add_fault(dog_store.path, {"match": ["vdi", "create"], "name": "disk", **failure})
-    m = start_mount(dog_store, tmp_path)
-    try:
+    with mount_of(dog_store, tmp_path) as m:
         new = os.urandom(1000)
         src = tmp_path / "src"
         src.write_bytes(new)
@@ -378,7 +341,5 @@ def test_failed_replace_keeps_the_old_data_reachable(dog_store, tmp_path):
         assert len(spooled) == 1 and spooled[0].read_bytes() == new
         control.clear_faults(dog_store.path)
         assert m.unmount() == 0  # the retry at unmount finishes the replace
-    finally:
-        m.cleanup()
     assert dog_store.read(b"disk") == new
     assert dog_store.snapshots() == []

@@ -8,28 +8,18 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.mounting import ROOT, make_store, start_mount
+from tests.mounting import ROOT, fuse_unmount, make_store, mount_of, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 SHEEPFS = str(Path(sys.executable).parent / "sheepfs")
 
 
-def wait_mounted(path: Path, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not os.path.ismount(path):
-        assert time.monotonic() < deadline, f"{path} was not mounted"
-        time.sleep(0.05)
-
-
-def unmount(path: Path) -> None:
-    if os.path.ismount(path):
-        if subprocess.run(["fusermount3", "-u", str(path)], capture_output=True).returncode:
-            subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True)
+def wait_mounted(path: Path) -> None:
+    wait_for(lambda: os.path.ismount(path), f"{path} to be mounted", 20)
 
 
 def test_version_and_help():
@@ -56,22 +46,19 @@ def test_demo_script_mounts_a_working_store(tmp_path):
         assert (mnt / "hello").read_bytes() == b"demo data\n"
         assert sorted(os.listdir(mnt)) == ["hello"]
     finally:
-        unmount(mnt)
+        fuse_unmount(mnt)
     assert make_store("local", store).read(b"hello") == b"demo data\n"
 
 
 def test_local_round_trip(tmp_path):
     store = make_store("local", tmp_path / "store")
-    m = start_mount(store, tmp_path)
-    try:
+    with mount_of(store, tmp_path) as m:
         data = os.urandom(5 << 20)
         (m.path / "img").write_bytes(data)
         assert (m.path / "img").read_bytes() == data
         assert store.read(b"img") == data
         os.unlink(m.path / "img")
         assert store.vdis() == {}
-    finally:
-        m.cleanup()
 
 
 def test_mount_t_fuse_sheepfs_with_options(tmp_path):
@@ -97,12 +84,10 @@ def test_mount_t_fuse_sheepfs_with_options(tmp_path):
         options = next(line for line in open("/proc/mounts") if f" {mnt} " in line)
         assert "allow_other" in options and "default_permissions" in options
     finally:
-        unmount(mnt)
+        fuse_unmount(mnt)
     # the daemon (started by mount, not by us) logs its summary just after the unmount
-    deadline = time.monotonic() + 20
-    while "unmounted" not in (tmp_path / "log").read_text():
-        assert time.monotonic() < deadline, (tmp_path / "log").read_text()
-        time.sleep(0.05)
+    log = tmp_path / "log"
+    wait_for(lambda: "unmounted" in log.read_text(), "the summary", 20, detail=log.read_text)
     assert (tmp_path / "log").read_text().count("all data saved") == 1
 
 
@@ -118,8 +103,7 @@ def test_unknown_option_is_an_error(tmp_path):
 def test_ro_refuses_writes_with_erofs(tmp_path):
     store = make_store("local", tmp_path / "store")
     store.create(b"disk", 4096, b"r" * 4096)
-    m = start_mount(store, tmp_path, "-o", "ro")
-    try:
+    with mount_of(store, tmp_path, "-o", "ro") as m:
         assert (m.path / "disk").read_bytes() == b"r" * 4096
         for attempt in (
             lambda: open(m.path / "disk", "r+b"),
@@ -132,20 +116,15 @@ def test_ro_refuses_writes_with_erofs(tmp_path):
                 attempt()
             assert e.value.errno == errno.EROFS
         assert store.read(b"disk") == b"r" * 4096
-    finally:
-        m.cleanup()
 
 
 def test_uid_gid_umask_in_stat(tmp_path):
     store = make_store("local", tmp_path / "store")
     store.create(b"disk", 4096)
-    m = start_mount(store, tmp_path, "--uid", "4242", "--gid", "4343", "--umask", "077")
-    try:
+    with mount_of(store, tmp_path, "--uid", "4242", "--gid", "4343", "--umask", "077") as m:
         st = os.stat(m.path / "disk")
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4242, 4343, 0o600)
         assert os.stat(m.path).st_mode & 0o777 == 0o700
-    finally:
-        m.cleanup()
 
 
 def test_systemd_unit_verifies(tmp_path):

@@ -4,7 +4,6 @@ dog-call costs, start-up checks, failing and hanging dog calls, unmount and SIGT
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import subprocess
 import sys
@@ -14,7 +13,8 @@ import time
 import pytest
 
 from tests.fakedog import control
-from tests.mounting import ROOT, mount_of, start_mount
+from tests.helpers import run_threads, sha
+from tests.mounting import ROOT, mount_of
 
 pytestmark = pytest.mark.timeout(120)
 MiB = 1 << 20
@@ -22,14 +22,9 @@ MiB = 1 << 20
 
 @pytest.fixture
 def store(dog_like_store):
-    """The fake dog, then a real cluster: the behaviour tests run on both."""
+    """The fake dog, then a real cluster: the behaviour tests run on both (``mnt`` is a
+    mount of it)."""
     return dog_like_store
-
-
-@pytest.fixture
-def mnt(store, tmp_path):
-    with mount_of(store, tmp_path) as m:
-        yield m
 
 
 @pytest.fixture
@@ -37,10 +32,6 @@ def fake_mnt(dog_store, tmp_path):
     """A mount of the fake dog alone: for call counts, fault switches and its config."""
     with mount_of(dog_store, tmp_path) as m:
         yield m
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def test_ls_shows_working_vdis_and_clones_with_their_sizes(store, mnt):
@@ -173,11 +164,7 @@ def test_four_readers_of_one_file(store, mnt):
     def reader() -> None:
         results.append(sha((mnt.path / "shared").read_bytes()))
 
-    threads = [threading.Thread(target=reader) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    run_threads([threading.Thread(target=reader) for _ in range(4)])
     assert results == [sha(data)] * 4
 
 
@@ -254,49 +241,42 @@ def test_direct_io_mount_round_trip(store, tmp_path):
 
 
 def test_data_closed_before_unmount_is_saved(store, tmp_path):
-    m = start_mount(store, tmp_path)
-    try:
+    with mount_of(store, tmp_path) as m:
         store.create(b"old", 8 * MiB)
         data = os.urandom(6 * MiB)
         (m.path / "new").write_bytes(data)
         with open(m.path / "old", "r+b") as f:
             f.write(b"patched")
         assert m.unmount() == 0
-    finally:
-        m.cleanup()
     assert store.read(b"new") == data
     assert store.read(b"old")[:7] == b"patched"
     assert "all data saved" in m.log_text()
 
 
 def test_sigterm_saves_open_files_then_unmounts(store, tmp_path):
-    m = start_mount(store, tmp_path)
-    f = open(m.path / "open", "wb")  # noqa: SIM115 - left open across the SIGTERM on purpose
-    try:
-        f.write(b"pending data")
-        f.flush()
-        assert m.terminate() == 0
-        assert store.read(b"open") == b"pending data"
-        assert not os.path.ismount(m.path)
-    finally:
+    with mount_of(store, tmp_path) as m:
+        f = open(m.path / "open", "wb")  # noqa: SIM115 - left open across the SIGTERM on purpose
         try:
-            f.close()
-        except OSError:
-            pass
-        m.cleanup()
+            f.write(b"pending data")
+            f.flush()
+            assert m.terminate() == 0
+            assert store.read(b"open") == b"pending data"
+            assert not os.path.ismount(m.path)
+        finally:
+            try:
+                f.close()
+            except OSError:
+                pass
 
 
 def test_stat_twice_within_the_ttl_costs_no_dog_call(dog_store, tmp_path):
     dog_store.create(b"s", MiB)
-    m = start_mount(dog_store, tmp_path, "--list-ttl", "30")
-    try:
+    with mount_of(dog_store, tmp_path, "--list-ttl", "30") as m:
         os.stat(m.path / "s")
         before = dog_store.dog_calls()
         os.stat(m.path / "s")
         os.stat(m.path / "s")
         assert dog_store.dog_calls() == before
-    finally:
-        m.cleanup()
 
 
 def test_an_overwrite_larger_than_the_cache_goes_out_in_long_calls(dog_store, tmp_path):
@@ -384,8 +364,7 @@ def test_failing_dog_read_gives_eio_and_the_mount_keeps_working(dog_store, fake_
 
 def test_hanging_dog_is_killed_at_the_timeout(dog_store, tmp_path):
     dog_store.create(b"h", MiB, b"h")
-    m = start_mount(dog_store, tmp_path, "--timeout", "2")
-    try:
+    with mount_of(dog_store, tmp_path, "--timeout", "2") as m:
         os.stat(m.path / "h")
         control.add_fault(dog_store.path, {"match": ["vdi", "read"], "hang": True})
         start = time.monotonic()
@@ -396,17 +375,12 @@ def test_hanging_dog_is_killed_at_the_timeout(dog_store, tmp_path):
         left = subprocess.run(["pgrep", "-f", f"{dog_store.dog} vdi read"], capture_output=True)
         assert left.stdout == b"", "a dog process was left behind"
         assert "did not answer within 2 s" in m.log_text()
-    finally:
-        m.cleanup()
 
 
 def test_collie_works_too(dog_store, tmp_path):
     dog_store.dog = control.collie_path()
     dog_store.create(b"old", MiB, b"collie")
-    m = start_mount(dog_store, tmp_path)
-    try:
+    with mount_of(dog_store, tmp_path) as m:
         assert (m.path / "old").read_bytes()[:6] == b"collie"
         (m.path / "new").write_bytes(b"fresh")
         assert dog_store.read(b"new") == b"fresh"
-    finally:
-        m.cleanup()

@@ -6,28 +6,23 @@ cluster as one of their store parameters (marker ``real``).
 
 from __future__ import annotations
 
-import hashlib
-import random
 import threading
 
 import pytest
 
+from tests.helpers import rand, sha
 from tests.mounting import mount_of
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(240)]
 MiB = 1 << 20
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def test_a_node_killed_while_reading_and_writing_costs_nothing(real_store, tmp_path):
     """3 nodes, 2 copies: losing one sheep (not the one sheepfs talks to) must fail no read
     and no write, and lose no byte; it comes back afterwards."""
     cluster = real_store.cluster
-    old = random.Random(1).randbytes(48 * MiB)
-    new = random.Random(2).randbytes(40 * MiB)
+    old = rand(48 * MiB, 1)
+    new = rand(40 * MiB, 2)
     real_store.create(b"old", len(old), old)
     errors: list[BaseException] = []
     reads: list[str] = []

@@ -7,13 +7,13 @@ the bytes and size of the VDI itself, not just what the mount shows.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
-import random
 import subprocess
-import time
 
 import pytest
+
+from tests.helpers import rand, sha
+from tests.mounting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 MiB = 1 << 20
@@ -21,14 +21,6 @@ MiB = 1 << 20
 
 def sh(*argv: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(argv, check=True, capture_output=True, timeout=90, **kw)
-
-
-def rand(n: int, seed: int = 1) -> bytes:
-    return random.Random(seed).randbytes(n)
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def assert_vdi(m, name: bytes, data: bytes) -> None:
@@ -231,9 +223,11 @@ def test_dirty_data_is_written_back_without_fsync_within_seconds(mounted):
     fd = os.open(mounted.path / "disk", os.O_RDWR)
     try:
         os.pwrite(fd, b"eventually", 6 * MiB)
-        deadline = time.monotonic() + 15
-        while mounted.store.read(b"disk")[6 * MiB : 6 * MiB + 10] != b"eventually":
-            assert time.monotonic() < deadline, "dirty data never written back"
-            time.sleep(0.5)
+        wait_for(
+            lambda: mounted.store.read(b"disk")[6 * MiB : 6 * MiB + 10] == b"eventually",
+            "dirty data to be written back",
+            15,
+            interval=0.5,
+        )
     finally:
         os.close(fd)

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import errno
 import os
-import random
 import subprocess
-import time
 
 import pytest
 
 from sheepfs.backends.dog.listing import parse_vdi_list
-from tests.mounting import mount_of
+from tests.helpers import rand
+from tests.mounting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 MiB = 1 << 20
@@ -22,17 +21,8 @@ TiB = 1 << 40
 
 @pytest.fixture
 def store(dog_like_store):
+    """The fake dog, then a real cluster (``mnt`` is a mount of it)."""
     return dog_like_store
-
-
-@pytest.fixture
-def mnt(store, tmp_path):
-    with mount_of(store, tmp_path) as m:
-        yield m
-
-
-def rand(n: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(n)
 
 
 def row(store, name: bytes):
@@ -43,10 +33,7 @@ def row(store, name: bytes):
 
 def wait_listed(mnt, file: str) -> None:
     """Wait out the listing TTL for a VDI made behind the mount's back."""
-    deadline = time.monotonic() + 5
-    while file not in os.listdir(mnt.path):
-        assert time.monotonic() < deadline, f"{file} never listed"
-        time.sleep(0.1)
+    wait_for(lambda: file in os.listdir(mnt.path), f"{file} to be listed", 5, interval=0.1)
 
 
 def dd_patch(path, data: bytes, offset: int) -> None:

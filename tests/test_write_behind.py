@@ -14,7 +14,7 @@ import pytest
 
 from sheepfs.core.upload import WRITE_BEHIND_MIN
 from tests.fakedog import control
-from tests.mounting import small_spool, start_mount, wait_for
+from tests.mounting import mount_of, small_spool, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 MiB = 1 << 20
@@ -85,23 +85,22 @@ def test_zero_objects_stay_unallocated_and_rewrites_land(mounted):
 
 
 def test_spool_full_after_the_upload_began_leaves_no_vdi(any_store, tmp_path):
-    with small_spool(tmp_path, WRITE_BEHIND_MIN + 4 * OBJ) as spool:
-        m = start_mount(any_store, tmp_path)
-        try:
-            with pytest.raises(OSError) as e:
-                with open(m.path / "huge", "wb") as f:
-                    for _ in range((WRITE_BEHIND_MIN + OBJ) // MiB):  # fits in the spool
-                        f.write(os.urandom(MiB))
-                    f.flush()
-                    wait_for(lambda: uploading(m), "the upload behind the writer")
-                    for _ in range(4 * OBJ // MiB):  # does not
-                        f.write(os.urandom(MiB))
-            assert e.value.errno == errno.ENOSPC
-            assert b"huge" not in any_store.vdis()  # gone when close() returns
-            wait_for(lambda: not any(spool.iterdir()), "release to drop the torn copy")
-            assert "partly uploaded" not in m.log_text()  # deleting it worked
-        finally:
-            m.cleanup()
+    with (
+        small_spool(tmp_path, WRITE_BEHIND_MIN + 4 * OBJ) as spool,
+        mount_of(any_store, tmp_path) as m,
+    ):
+        with pytest.raises(OSError) as e:
+            with open(m.path / "huge", "wb") as f:
+                for _ in range((WRITE_BEHIND_MIN + OBJ) // MiB):  # fits in the spool
+                    f.write(os.urandom(MiB))
+                f.flush()
+                wait_for(lambda: uploading(m), "the upload behind the writer")
+                for _ in range(4 * OBJ // MiB):  # does not
+                    f.write(os.urandom(MiB))
+        assert e.value.errno == errno.ENOSPC
+        assert b"huge" not in any_store.vdis()  # gone when close() returns
+        wait_for(lambda: not any(spool.iterdir()), "release to drop the torn copy")
+        assert "partly uploaded" not in m.log_text()  # deleting it worked
 
 
 def test_a_failing_upload_behind_the_writer_is_retried_at_close(dog_store, tmp_path):
@@ -109,8 +108,7 @@ def test_a_failing_upload_behind_the_writer_is_retried_at_close(dog_store, tmp_p
                "stderr": "Failed to write object: I/O error\n"}  # fmt: skip
     control.add_fault(dog_store.path, failure)
     data = os.urandom(WRITE_BEHIND_MIN + 3 * OBJ + 1)
-    m = start_mount(dog_store, tmp_path)
-    try:
+    with mount_of(dog_store, tmp_path) as m:
         with open(m.path / "retry", "wb") as f:
             f.write(data[: WRITE_BEHIND_MIN + OBJ])
             f.flush()
@@ -118,27 +116,19 @@ def test_a_failing_upload_behind_the_writer_is_retried_at_close(dog_store, tmp_p
             f.write(data[WRITE_BEHIND_MIN + OBJ :])
         assert dog_store.read(b"retry") == data
         assert list(m.spool.iterdir()) == []
-    finally:
-        m.cleanup()
 
 
 def test_sigkill_after_the_upload_began_then_remount_finishes_it(dog_store, tmp_path):
     data = os.urandom(WRITE_BEHIND_MIN + 2 * OBJ + 77)
-    m = start_mount(dog_store, tmp_path)
-    try:
+    with mount_of(dog_store, tmp_path) as m:
         fd = os.open(m.path / "big", os.O_WRONLY | os.O_CREAT, 0o644)
         os.write(fd, data)
         wait_for(lambda: uploading(m), "the upload behind the writer")
         m.crash(fd)
-    finally:
-        m.cleanup()
-    m2 = start_mount(dog_store, tmp_path)
-    try:
+    with mount_of(dog_store, tmp_path) as m2:
         wait_for(lambda: not any(m2.spool.iterdir()), "the spool to be uploaded")
         assert dog_store.read(b"big") == data
         assert "left by an earlier run" in m2.log_text()
-    finally:
-        m2.cleanup()
 
 
 def test_dog_calls_of_a_large_copy(dog_store, tmp_path):
@@ -146,13 +136,10 @@ def test_dog_calls_of_a_large_copy(dog_store, tmp_path):
     data = os.urandom(4 * WRITE_BEHIND_MIN)
     src = tmp_path / "src"
     src.write_bytes(data)
-    m = start_mount(dog_store, tmp_path)
-    try:
+    with mount_of(dog_store, tmp_path) as m:
         before = control.calls(dog_store.path)
         subprocess.run(["cp", str(src), str(m.path / "copy")], check=True)
         calls = control.calls(dog_store.path)[len(before) :]
-    finally:
-        m.cleanup()
     assert dog_store.read(b"copy") == data
     creates = [c for c in calls if c[:2] == ["vdi", "create"]]
     writes = [c for c in calls if c[:2] == ["vdi", "write"]]
