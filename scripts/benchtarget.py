@@ -23,6 +23,7 @@ class Where:
     label: str  # for the first line of the output
     sheepfs_c: Path | None  # Sheepdog's C sheepfs, to measure beside the mount
     c_why: str  # why there is no C sheepfs column, when there is none
+    fake: bool = False  # the fake dog: only the dog backend can mount it
 
 
 def choose(args, work: Path, stack: contextlib.ExitStack) -> Where:
@@ -72,7 +73,7 @@ def fake(args, work: Path, why: str) -> Where:
         f"{args.list_cost * 1000:.2f} ms/VDI, read {args.read_bw >> 20} / write "
         f"{args.write_bw >> 20} / allocating write {args.alloc_bw >> 20} MiB/s)"
     )
-    return Where(dog, label, None, "the fake dog has no sheep for it to talk to")
+    return Where(dog, label, None, "the fake dog has no sheep for it to talk to", fake=True)
 
 
 def sheep_version(sheep: Path) -> str:

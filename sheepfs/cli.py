@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spool.prepare()
         backend = make_backend(
-            BackendChoice(args.local, args.dog, args.address, args.port, args.timeout)
+            BackendChoice(args.local, args.backend, tuple(args.addresses), args.dog, args.timeout)
         )
     except (SpoolError, BackendError, OSError) as e:
         log.error("cannot mount: %s", e)

@@ -4,6 +4,7 @@ the SOURCE argument."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from pathlib import Path
 
 from . import __version__
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="OPTS",
         help="comma-separated options: the long options above with _ for - "
-        "(address=, port=, dog=, timeout=, local=, ro, allow_other, uid=, gid=, umask=, "
+        "(address=, port=, backend=, dog=, timeout=, local=, ro, allow_other, uid=, gid=, umask=, "
         "attr_timeout=, direct_io, spool_dir=, cache_size=, list_ttl=, debug, log_file=)",
     )
     p.add_argument("-V", "--version", action="version", version=f"sheepfs {__version__}")
@@ -44,11 +45,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cluster_options(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("-a", "--address", help="sheep address (default 127.0.0.1)")
+    g.add_argument(
+        "-a",
+        "--address",
+        metavar="ADDR[:PORT][,...]",
+        help="sheep address(es) (default 127.0.0.1); with several, the next is used when one "
+        "stops answering",
+    )
     g.add_argument("-p", "--port", type=int, help="sheep port (default 7000)")
+    g.add_argument(
+        "--backend",
+        choices=("sheep", "dog"),
+        default="sheep",
+        help="how to talk to the cluster: sheep, its own protocol (default), or dog, the CLI "
+        "(older clusters, collie)",
+    )
     g.add_argument("--dog", help="path of the dog (or collie) CLI (default: dog, else collie)")
     g.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds before a dog call is killed (60)"
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds before a request to the cluster is given up (60)",
     )
     g.add_argument(
         "--local", type=Path, metavar="DIR", help="no cluster: keep VDIs as image files in DIR"
@@ -95,6 +112,7 @@ def _data_options(g: argparse._ArgumentGroup) -> None:
 _O_OPTIONS: dict[str, tuple[str, object]] = {
     "address": ("address", str),
     "port": ("port", int),
+    "backend": ("backend", str),
     "dog": ("dog", str),
     "timeout": ("timeout", float),
     "local": ("local", Path),
@@ -131,9 +149,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             _apply_o_option(parser, args, opt)
     if args.source:
         _apply_source(parser, args)
-    args.address = args.address or "127.0.0.1"
+    if args.backend not in ("sheep", "dog"):
+        parser.error(f"unknown backend {args.backend!r} (sheep or dog)")
     args.port = args.port or 7000
+    try:
+        args.addresses = parse_addresses(args.address or "127.0.0.1", args.port)
+    except ValueError as e:
+        parser.error(str(e))
+    args.address, args.port = args.addresses[0]
     return args
+
+
+def parse_addresses(text: str, default_port: int = 7000) -> list[tuple[str, int]]:
+    """``ADDR[:PORT][,ADDR[:PORT]...]`` (IPv6 in brackets: ``[::1]:7000``), in order,
+    without repeats. Raises ValueError saying what is wrong."""
+    if not text.strip():
+        raise ValueError("no sheep address given (ADDR[:PORT][,ADDR[:PORT]...])")
+    out: list[tuple[str, int]] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            raise ValueError(f"an empty address in {text!r} (ADDR[:PORT][,ADDR[:PORT]...])")
+        address = _parse_one(item, default_port)
+        if address not in out:
+            out.append(address)
+    return out
+
+
+def _parse_one(item: str, default_port: int) -> tuple[str, int]:
+    port_text: str | None = None
+    if item.startswith("["):
+        host, closed, rest = item[1:].partition("]")
+        if not closed or rest[:1] not in ("", ":"):
+            raise ValueError(f"sheep address {item!r}: write IPv6 as [ADDR] or [ADDR]:PORT")
+        port_text = rest[1:] if rest else None
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"sheep address {item!r}: {host!r} is not an IPv6 address") from None
+    elif item.count(":") > 1:
+        raise ValueError(f"sheep address {item!r}: write an IPv6 address in brackets, [::1]:7000")
+    else:
+        host, colon, port_text = item.partition(":")
+        port_text = port_text if colon else None
+        if not host or any(c.isspace() for c in host):
+            raise ValueError(f"sheep address {item!r}: no host name or address")
+    if port_text is None:
+        return host, default_port
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+        raise ValueError(f"sheep address {item!r}: the port must be a number from 1 to 65535")
+    return host, int(port_text)
 
 
 def _apply_o_option(parser: argparse.ArgumentParser, args: argparse.Namespace, opt: str) -> None:
@@ -156,14 +220,9 @@ def _apply_o_option(parser: argparse.ArgumentParser, args: argparse.Namespace, o
 
 
 def _apply_source(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """SOURCE: ``local:DIR``, ``ADDR[:PORT]``, or the placeholders fstab lines use."""
+    """SOURCE: ``local:DIR``, ``ADDR[:PORT][,ADDR[:PORT]...]``, or the placeholders
+    fstab lines use."""
     if args.source.startswith("local:"):
         args.local = Path(args.source.removeprefix("local:"))
     elif args.source not in ("sheepfs", "sheepdog"):
-        host, _, port = args.source.rpartition(":") if ":" in args.source else (args.source, "", "")
-        args.address = args.address or host
-        if port and args.port is None:
-            try:
-                args.port = int(port)
-            except ValueError:
-                parser.error(f"bad port in source {args.source!r}")
+        args.address = args.address or args.source

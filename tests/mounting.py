@@ -52,14 +52,16 @@ def fake_dog_env(store: Path) -> dict[str, str]:
 class Store:
     """The backing store of one test: the fake dog, a real cluster or a --local directory."""
 
-    kind: str  # "dog" (the fake), "real" (a throwaway real cluster) or "local"
+    #: "dog" (the fake dog), "real" (a throwaway real cluster through dog), "sheep" (the same
+    #: cluster through the sheep backend) or "local"
+    kind: str
     path: Path
     dog: str = str(FAKEDOG / "dog")
-    cluster: RealCluster | None = None  # kind "real" only
+    cluster: RealCluster | None = None  # kinds "real" and "sheep"
 
     @property
     def speaks_dog(self) -> bool:
-        return self.kind in ("dog", "real")
+        return self.kind in ("dog", "real", "sheep")
 
     def env(self) -> dict[str, str]:
         return fake_dog_env(self.path) if self.kind == "dog" else dict(os.environ)
@@ -67,9 +69,12 @@ class Store:
     def backend_args(self) -> list[str]:
         if self.cluster is not None:
             c = self.cluster
-            return ["--dog", str(c.dist.dog), "-a", c.address, "-p", str(c.port)]
+            where = ["-a", c.address, "-p", str(c.port)]
+            if self.kind == "sheep":
+                return ["--backend", "sheep", *where]
+            return ["--backend", "dog", "--dog", str(c.dist.dog), *where]
         if self.kind == "dog":
-            return ["--dog", self.dog]
+            return ["--backend", "dog", "--dog", self.dog]
         return ["--local", str(self.path)]
 
     def dog_run(self, *args: str | bytes, stdin: bytes = b"", check: bool = True):
@@ -253,15 +258,19 @@ def wait_for(
 #: The real-cluster parameter of a store fixture: marked ``real`` (``-m real`` runs just
 #: those, ``-m "not real"`` leaves them out).
 REAL = pytest.param("real", marks=pytest.mark.real, id="real")
+#: The same real cluster through the sheep backend (marked ``real`` and ``sheep``).
+SHEEP = pytest.param("sheep", marks=[pytest.mark.real, pytest.mark.sheep], id="sheep")
 
 
 def store_kinds() -> list:
     """Backends the mount tests run on: the fake dog, --local and a real cluster."""
-    return ["dog", "local", REAL] if (FAKEDOG / "dog").exists() else ["local", REAL]
+    real = [REAL, SHEEP]
+    return ["dog", "local", *real] if (FAKEDOG / "dog").exists() else ["local", *real]
 
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "real: needs a real Sheepdog cluster (skips without one)")
+    config.addinivalue_line("markers", "sheep: runs through the sheep (wire protocol) backend")
 
 
 @pytest.fixture(scope="session")
@@ -285,6 +294,17 @@ def real_cluster():
         cluster.remove()
 
 
+#: What a sheep's log says when a request crashed it (a panic or a fatal signal).
+CRASH_WORDS = (
+    "PANIC",
+    "panic:",
+    "exits unexpectedly",
+    "Segmentation fault",
+    "SIGSEGV",
+    "signal 11",
+)
+
+
 @pytest.fixture
 def real_store(request, tmp_path) -> Store:
     """The session's real cluster, emptied for this test; afterwards every sheep must
@@ -293,17 +313,22 @@ def real_store(request, tmp_path) -> Store:
     if not cluster.running():
         cluster.wipe()
     cluster.delete_everything()
+    seen = cluster.log_sizes()
     yield Store("real", tmp_path / "store", cluster=cluster)
-    if not cluster.running():
-        logs = cluster.logs()
+    logs = cluster.logs(since=seen)
+    crashed = [w for w in CRASH_WORDS if w in logs]
+    if not cluster.running() or crashed:
         cluster.wipe()
-        pytest.fail(f"a sheep died during the test:\n{logs[-3000:]}")
+        why = f" (its log says {', '.join(crashed)})" if crashed else ""
+        pytest.fail(f"a sheep died or crashed during the test{why}:\n{logs[-3000:]}")
 
 
 def store_for(request, tmp_path) -> Store:
     """The store a ``request.param`` of ``store_kinds()`` names."""
-    if request.param == "real":
-        return request.getfixturevalue("real_store")
+    if request.param in ("real", "sheep"):
+        store = request.getfixturevalue("real_store")
+        store.kind = request.param  # the same cluster, through dog or the sheep backend
+        return store
     return make_store(request.param, tmp_path / "store")
 
 
@@ -312,9 +337,10 @@ def any_store(request, tmp_path) -> Store:
     return store_for(request, tmp_path)
 
 
-@pytest.fixture(params=["dog", REAL])
+@pytest.fixture(params=["dog", REAL, SHEEP])
 def dog_like_store(request, tmp_path) -> Store:
-    """The fake dog, then a real cluster: for behaviour both must show alike."""
+    """The fake dog, then a real cluster (through dog, and through the sheep backend): for
+    behaviour all must show alike."""
     return store_for(request, tmp_path)
 
 

@@ -157,14 +157,26 @@ class RealCluster:
                 pids.append(int(f.read_text()))
         return pids
 
-    def logs(self) -> str:
-        """Every node's log, for failure messages and panic checks."""
+    def logs(self, since: list[int] | None = None) -> str:
+        """Every node's log (from the sizes ``since`` gave on), for failure messages and
+        panic checks."""
         parts = []
         for k in range(self.nodes):
             log = self.dir / str(k) / "sheep.log"
             if log.exists():
-                parts.append(f"--- node {k}\n" + log.read_text(errors="replace"))
+                start = since[k] if since and k < len(since) else 0
+                with open(log, "rb") as f:
+                    f.seek(start)
+                    parts.append(f"--- node {k}\n" + f.read().decode(errors="replace"))
         return "\n".join(parts)
+
+    def log_sizes(self) -> list[int]:
+        """Where each node's log ends now (for :meth:`logs`)."""
+        sizes = []
+        for k in range(self.nodes):
+            log = self.dir / str(k) / "sheep.log"
+            sizes.append(log.stat().st_size if log.exists() else 0)
+        return sizes
 
     def remove(self) -> None:
         try:

@@ -1,5 +1,6 @@
-"""Both backends through the Backend interface in-process, without a mount: DogBackend on
-the fake dog and LocalBackend on a directory, each call and its errors."""
+"""The backends through the Backend interface in-process, without a mount: DogBackend on
+the fake dog, LocalBackend on a directory, and SheepBackend (the wire protocol) on a
+throwaway real cluster, each call and its errors."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from sheepfs.backends.base import Backend, Layout, VdiKind
 from sheepfs.backends.dog import DogBackend
 from sheepfs.backends.local import LocalBackend
+from sheepfs.backends.sheep import SheepBackend
 from sheepfs.errors import (
     BackendError,
     Exists,
@@ -27,15 +29,18 @@ pytestmark = pytest.mark.timeout(120)
 MiB = 1 << 20
 
 
-@pytest.fixture(params=["dog", "local"])
+@pytest.fixture(params=["dog", "local", pytest.param("sheep", marks=pytest.mark.real)])
 async def backend(request, tmp_path: Path, monkeypatch) -> AsyncIterator[Backend]:
-    if request.param == "dog":
+    if request.param == "sheep":
+        cluster = request.getfixturevalue("real_store").cluster
+        b: Backend = SheepBackend([(cluster.address, cluster.port)], timeout=30)
+    elif request.param == "dog":
         store = control.init_store(tmp_path / "store")
         monkeypatch.setenv("SHEEPDOG_FAKE_STORE", str(store))
         monkeypatch.setenv(
             "SHEEPDOG_FAKE_PYTHON", os.environ.get("SHEEPDOG_FAKE_PYTHON", sys.executable)
         )
-        b: Backend = DogBackend(control.dog_path(), timeout=30)
+        b = DogBackend(control.dog_path(), timeout=30)
     else:
         (tmp_path / "local").mkdir()
         b = LocalBackend(tmp_path / "local")
@@ -48,7 +53,7 @@ def pattern(n: int, seed: int = 0) -> bytes:
 
 
 async def test_metadata_round_trip(backend: Backend) -> None:
-    dog = isinstance(backend, DogBackend)
+    dog = isinstance(backend, DogBackend | SheepBackend)  # a cluster: layouts are kept
     await backend.create(b"v", 8 * MiB, Layout(block_size_shift=23, copies=2, parity=1))
     info = await backend.lookup(b"v")
     assert info is not None and info.name == b"v" and info.size == 8 * MiB
@@ -116,7 +121,7 @@ async def test_snapshot_clone_and_deletes(backend: Backend) -> None:
     await backend.write(b"base", 0, b"CHANGED")
     await backend.clone(b"base", "t1", b"copy")
     copy = await backend.lookup(b"copy")
-    kind = VdiKind.CLONE if isinstance(backend, DogBackend) else VdiKind.WORKING
+    kind = VdiKind.CLONE if isinstance(backend, DogBackend | SheepBackend) else VdiKind.WORKING
     assert copy is not None and copy.kind is kind and copy.size == 4 * MiB
     assert await backend.read(b"copy", 0, 6) == b"frozen"
     assert set(await backend.list()) == {b"base", b"copy"}  # snapshots are no files

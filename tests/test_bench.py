@@ -18,8 +18,8 @@ TINY = ["--size", "8M", "--runs", "1", "--vdis", "5", "--fio-runtime", "1",
 
 
 def start_bench(store) -> subprocess.Popen:
-    argv = [sys.executable, str(ROOT / "scripts" / "bench"), "--dog", store.dog,
-            "-a", "127.0.0.1", "-p", "7000", *TINY]  # fmt: skip
+    argv = [sys.executable, str(ROOT / "scripts" / "bench"), "--backend", "dog",
+            "--dog", store.dog, "-a", "127.0.0.1", "-p", "7000", *TINY]  # fmt: skip
     return subprocess.Popen(
         argv,
         env=store.env(),

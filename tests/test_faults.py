@@ -160,7 +160,7 @@ def test_arbitrary_names_never_crash_the_daemon(mounted, name):
 def set_reachable(store, up: bool) -> None:
     """Take the whole cluster away, or bring it back: the fake's switch, or a real stop
     (``dog cluster shutdown``) and start."""
-    if store.kind == "real":
+    if store.cluster is not None:
         store.cluster.start() if up else store.cluster.stop()
     else:
         from tests.fakedog import control

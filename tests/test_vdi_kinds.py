@@ -134,6 +134,8 @@ def test_other_layouts_read_write_and_keep_their_layout(
 def test_a_hyper_volume_is_never_deleted_and_takes_writes(store, mnt):
     """dog vdi delete of a hyper volume wipes its B-tree root and the cluster goes down
     (the fake dog does the same); a write far inside it works, as with dog vdi write."""
+    if store.kind == "sheep":
+        pytest.skip("the sheep backend deletes hyper volumes safely: see the next test")
     store.dog_run("vdi", "create", "-y", "big", "5T")
     wait_listed(mnt, "big")
     with pytest.raises(OSError) as e:
@@ -157,3 +159,26 @@ def test_a_hyper_volume_is_never_deleted_and_takes_writes(store, mnt):
         assert e.value.errno == errno.EPERM
     assert sorted(store.vdis()) == [b"big"] and store.snapshots() == []
     assert store.dog_run("vdi", "read", "big", str(offset), "8").stdout == b"far away"
+
+
+def test_a_hyper_volume_through_the_sheep_backend_is_read_only_and_deletable(store, mnt):
+    """Over the wire a hyper volume's B-tree index is read (data dog wrote far inside it
+    reads back), writes are refused with EROFS and a log line, and rm deletes it with
+    DEL_VDI alone, which leaves every sheep running (the fixture checks)."""
+    if store.kind != "sheep":
+        pytest.skip("through dog a hyper volume is never deleted: see the test above")
+    store.dog_run("vdi", "create", "-y", "big", "5T")
+    offset = 4608 * (TiB >> 10)  # 4.5 TiB
+    store.dog_run("vdi", "write", "big", str(offset), "8", stdin=b"far away")
+    wait_listed(mnt, "big")
+    assert os.stat(mnt.path / "big").st_size == 5 * TiB
+    with open(mnt.path / "big", "rb") as f:
+        f.seek(offset - 2)
+        assert f.read(12) == b"\0\0far away\0\0"
+    with pytest.raises(OSError) as e:
+        dd_patch(mnt.path / "big", b"near", 0)
+    assert e.value.errno == errno.EROFS
+    assert "hyper volumes are read-only" in mnt.log_text()
+    assert store.dog_run("vdi", "read", "big", "0", "4").stdout == bytes(4)
+    os.unlink(mnt.path / "big")
+    assert store.vdis() == {} and store.snapshots() == []

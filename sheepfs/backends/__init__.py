@@ -1,4 +1,5 @@
-"""Storage backends: where VDIs live (the dog/collie CLI, or a local directory).
+"""Storage backends: where VDIs live (a cluster over the sheep protocol or through the
+dog/collie CLI, or a local directory).
 
 :func:`make_backend` is the one place that picks one; everything above sees only the
 interface of :mod:`.base`.
@@ -17,9 +18,9 @@ class BackendChoice:
     """Which backend a mount uses, as the command line says."""
 
     local: Path | None = None  # a directory of image files instead of a cluster
+    kind: str = "sheep"  # "sheep" (the wire protocol) or "dog" (the CLI)
+    addresses: tuple[tuple[str, int], ...] = (("127.0.0.1", 7000),)
     dog: str | None = None  # the dog (or collie) CLI; found on PATH without one
-    address: str = "127.0.0.1"
-    port: int = 7000
     timeout: float = 60.0  # seconds before a call is given up
 
 
@@ -28,6 +29,11 @@ def make_backend(choice: BackendChoice) -> Backend:
         from .local import LocalBackend
 
         return LocalBackend(choice.local)
+    if choice.kind == "sheep":
+        from .sheep import SheepBackend
+
+        return SheepBackend(choice.addresses, timeout=choice.timeout)
     from .dog import DogBackend, find_cli
 
-    return DogBackend(find_cli(choice.dog), choice.address, choice.port, timeout=choice.timeout)
+    address, port = choice.addresses[0]  # dog talks to one sheep
+    return DogBackend(find_cli(choice.dog), address, port, timeout=choice.timeout)

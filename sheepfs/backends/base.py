@@ -128,6 +128,9 @@ class Hints:
     serialize_ec_writes: bool = True
     #: Whether ``lookup`` of one name costs much less than ``list`` of all.
     cheap_lookup: bool = False
+    #: Whether reading a few KiB of an object costs much less than reading all of it (a
+    #: random reader then gets what it asks for, not a whole object into the cache).
+    partial_reads: bool = False
 
 
 def check_name(op: str, name: bytes) -> None:

@@ -157,10 +157,31 @@ class ChunkCache(ReadAhead, WriteBack):
         while pos < end:
             index, within = divmod(pos, f.object_size)
             n = min(end - pos, f.object_size - within)
-            chunk = await self._loaded(f, index)
-            pieces.append(chunk.get(within, n))
+            if self._read_apart(f, index):
+                pieces.append(await self._read_direct(f, pos, n))
+            else:
+                chunk = await self._loaded(f, index)
+                pieces.append(chunk.get(within, n))
             pos += n
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _read_apart(self, f: CachedFile, index: int) -> bool:
+        """Whether a read of object ``index`` should fetch just what is asked: a backend for
+        which a small read costs much less than a whole object (``hints.partial_reads``),
+        a random reader (no stream, not reading on), and nothing of that object cached
+        (so no dirty byte of it lives only here)."""
+        return (
+            self.backend.hints.partial_reads
+            and f.id not in self._streams
+            and not self.sequential(f)
+            and (f.id, index) not in self._lru
+        )
+
+    async def _read_direct(self, f: CachedFile, pos: int, n: int) -> bytes | bytearray:
+        """``n`` bytes at ``pos`` from the backend, not cached; zeros past the VDI's end."""
+        m = max(0, min(n, f.backend_size - pos))
+        data = await self.backend.read(f.name, pos, m) if m else b""
+        return data if len(data) == n else bytes(data) + bytes(n - len(data))
 
     async def write(self, f: CachedFile, offset: int, data: bytes) -> None:
         """Put ``data`` in the cache; the caller has already grown ``f.size`` to cover it."""

@@ -118,13 +118,14 @@ class Uploader:
             if unknown:
                 nonzero |= await trio.to_thread.run_sync(staged.nonzero_objects, unknown, osz)
             objects = nonzero | (objects & f.ours)
-        for offset, length in object_runs(objects, osz, size):
-            if f.state is State.UPLOADING:
-                # Before the write: if it fails halfway, the object may hold some of our
-                # bytes, so it must be written again even if it later holds only zeros.
+        runs = object_runs(objects, osz, size)
+        if f.state is State.UPLOADING:
+            # Before the write: if it fails halfway, an object may hold some of our bytes,
+            # so it must be written again even if it later holds only zeros.
+            for offset, length in runs:
                 f.ours.update(range(offset // osz, -(-(offset + length) // osz)))
-            await self.backend.write_extents(f.name, staged.fd, [(offset, length)])
-            self.uploaded += length
+        if runs:  # one call: a backend that can sends several objects at once
+            self.uploaded += await self.backend.write_extents(f.name, staged.fd, runs)
 
     async def create_vdi(self, f: OpenFile, size: int) -> None:
         """Create the VDI of a STAGED file (under its lock); it reads zero until written."""

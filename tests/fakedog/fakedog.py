@@ -921,8 +921,17 @@ def cmd_cluster_info(store: Store, opts: dict, args: list[bytes]) -> None:
         else int(time.time())  # fmt: skip
     host, base, n = store.config["address"], int(store.config["port"]), int(store.config["nodes"])
     members = ", ".join(f"{host}:{base + k}:128" for k in range(n))
-    if raw:
+    policy = f"plain with {store.config['copies']} redundancy policy"
+    if raw and opts.get("v"):
+        out(f"running, auto-recovery enabled\n{policy}\nauto\nnode\n{created} 1 [{members}]\n")
+    elif raw:
         out(f"running, auto-recovery enabled\n\n{created} 1 [{members}]\n")
+    elif opts.get("v"):
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
+        out(f"Cluster status: running, auto-recovery enabled\nCluster store: {policy}\n"
+            "Cluster vnodes strategy: auto\nCluster vnode mode: node\nCluster created at "
+            f"{time.ctime(created)}\n\nEpoch Time           Version [Host:Port:V-Nodes,,,]\n"
+            f"{stamp}      1 [{members}]\n")  # fmt: skip
     else:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
         out("Cluster status: running, auto-recovery enabled\n\nCluster created at "

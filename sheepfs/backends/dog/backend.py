@@ -16,7 +16,7 @@ from ...errors import BackendError, NotFound, NotPermitted, Unavailable
 from ..base import Backend, Buffer, FsStats, Hints, Layout, VdiInfo, check_name
 from . import process
 from .errors import error_for
-from .listing import DogRow, parse_node_info, parse_vdi_list, to_vdi_info
+from .listing import DogRow, parse_node_info, parse_share, parse_vdi_list, to_vdi_info
 
 
 def _layout_opts(layout: Layout) -> list[str]:
@@ -49,6 +49,7 @@ class DogBackend(Backend):
         self.address = address
         self.port = port
         self.timeout = timeout
+        self._share: float | None = None  # raw bytes per byte written (see statfs)
 
     def _argv(self, cmd: Sequence[str], *args: bytes | str, opts: Sequence[str] = ()) -> list:
         return [
@@ -142,11 +143,21 @@ class DogBackend(Backend):
         await self._run("resize", name, self._argv(("vdi", "resize"), name, str(size)))
 
     async def statfs(self) -> FsStats:
+        """Space a user can fill: ``dog node info``'s raw sums divided by what each byte
+        takes (the cluster's copies, or (d + p) / d when it erasure-codes)."""
         out, _ = await self._run("statfs", None, self._plain("node", "info", "-r"))
         try:
-            return parse_node_info(out)
+            raw = parse_node_info(out)
         except ValueError as e:
             raise BackendError("statfs", None, str(e)) from None
+        if self._share is None:
+            info, _ = await self._run("statfs", None, self._plain("cluster", "info", "-v", "-r"))
+            self._share = parse_share(info)
+        return FsStats(
+            total=int(raw.total / self._share),
+            used=int(raw.used / self._share),
+            avail=int(raw.avail / self._share),
+        )
 
     async def snapshot(self, name: bytes, tag: str) -> None:
         check_name("snapshot", name)

@@ -10,6 +10,7 @@ tag).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ..base import DEFAULT_BLOCK_SIZE_SHIFT, FsStats, Layout, ObjectGeometry, VdiInfo, VdiKind
@@ -156,3 +157,18 @@ def parse_node_info(out: bytes) -> FsStats:
             except ValueError:
                 break
     raise ValueError(f"no Total row in node info: {out[:200]!r}")
+
+
+_POLICY = re.compile(rb"with (\d+)(?::(\d+))? redundancy policy")
+
+
+def parse_share(out: bytes) -> float:
+    """Raw bytes each byte written takes, from ``dog cluster info -v -r`` ("plain with 2
+    redundancy policy", or "with 4:2" when erasure coded); 1 if it does not say."""
+    m = _POLICY.search(out)
+    if m is None:
+        return 1.0
+    copies, parity = int(m.group(1)), int(m.group(2) or 0)
+    if parity:
+        return (copies + parity) / copies
+    return float(max(1, copies))

@@ -1,0 +1,356 @@
+"""A pooled client of the sheep wire protocol, with deadlines, reconnects and failover.
+
+A sheep keeps running a request whose connection broke or whose caller gave up (rule 22),
+and sets no timeout of its own (rule 23). So every call has a deadline, every failure says
+whether the request may have run, and only the caller decides whether to send it again
+(``resend``): it alone knows whether the op is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+from collections import deque
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+
+import trio
+
+from ...errors import Timeout, Unavailable
+from .connection import Address, Connection, ConnectionLost, Pending, describe
+from .proto import FLAG_WRITE, RETRYABLE, Op, Reply, Request, Res, plain, result_name, stat_cluster
+
+log = logging.getLogger(__name__)
+
+#: The longest one connection attempt may take: a dead address should cost seconds before
+#: the next one is tried, not the kernel's SYN timeout.
+CONNECT_TIMEOUT = 5.0
+#: First and longest pause between retries (RETRYABLE results, repeated connection losses).
+BACKOFF = (0.05, 1.0)
+LATENCY_WINDOW = 1024
+_EPOCH_LOG = struct.Struct("<QQIIBBB3xH16s")
+
+
+def op_name(opcode: int) -> str:
+    try:
+        return Op(opcode).name
+    except ValueError:
+        return f"op 0x{opcode:02x}"
+
+
+@dataclass
+class ClientStats:
+    """Counters for status output; latency percentiles cover the last LATENCY_WINDOW calls."""
+
+    requests: int = 0
+    failures: int = 0  # calls that raised
+    bytes_out: int = 0  # request payload bytes
+    bytes_in: int = 0  # reply payload bytes
+    connects: int = 0
+    reconnects: int = 0  # connections opened after one was lost
+    failovers: int = 0
+    resends: int = 0  # requests sent again after a lost connection
+    retries: int = 0  # requests sent again after a RETRYABLE result
+    timeouts: int = 0
+    latency_total: float = 0.0
+    latency_max: float = 0.0
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+
+    def record(self, seconds: float) -> None:
+        self.latency_total += seconds
+        self.latency_max = max(self.latency_max, seconds)
+        self.latencies.append(seconds)
+
+    def percentile(self, q: float) -> float:
+        """The q-th percentile (0-100) of recent latencies in seconds, 0.0 with none."""
+        if not self.latencies:
+            return 0.0
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What :meth:`SheepClient.probe` learned: the cluster defaults (GET_CLUSTER_DEFAULT)
+    and the latest epoch log of STAT_CLUSTER."""
+
+    copies: int
+    copy_policy: int
+    block_size_shift: int
+    flags: int  # 0x01 strict, 0x08 locking, 0x10 vid recycling (protocol.md §5.4)
+    epoch: int = 0
+    nr_nodes: int = 0
+    ctime: int = 0
+
+    @property
+    def object_size(self) -> int:
+        return 1 << self.block_size_shift
+
+    @property
+    def use_lock(self) -> bool:
+        """LOCK_VDI works only on clusters formatted with locking (rule 33)."""
+        return bool(self.flags & 0x08)
+
+
+_NOT_SERVING = {
+    Res.WAIT_FOR_FORMAT: "the cluster is not formatted (dog cluster format)",
+    Res.WAIT_FOR_JOIN: "the cluster waits for its nodes to join",
+    Res.SHUTDOWN: "the cluster is shutting down",
+    Res.VER_MISMATCH: "not a Sheepdog 1.0 sheep (protocol version refused): use --backend dog",
+}
+
+
+@dataclass
+class _Call:
+    """One call and where it stands (for the message when its deadline expires)."""
+
+    req: Request
+    into: memoryview | None
+    resend: bool
+    retry: bool
+    deadline: float
+    phase: str = "connecting"
+    conn: Connection | None = None
+    pending: Pending | None = None
+
+    @property
+    def name(self) -> str:
+        return op_name(self.req.opcode)
+
+
+class SheepClient:
+    """Requests to a Sheepdog cluster over up to ``connections`` pooled connections.
+
+    Use as ``async with SheepClient(addresses) as client``: the client owns the nursery
+    its reader tasks run in. Addresses are tried in order; the first that answers is used
+    until it stops answering.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[tuple[str, int]],
+        timeout: float = 60.0,
+        connections: int = 4,
+        max_in_flight: int = 8,
+        max_bytes: int = 32 << 20,
+    ) -> None:
+        if not addresses:
+            raise ValueError("no sheep address given")
+        if timeout <= 0 or connections < 1 or max_in_flight < 1 or max_bytes < 1:
+            raise ValueError("timeout, connections, max_in_flight and max_bytes must be > 0")
+        self.addresses: list[Address] = [(str(h), int(p)) for h, p in addresses]
+        self.timeout = timeout
+        self.connections = connections
+        self.max_in_flight = max_in_flight
+        self.max_bytes = max_bytes
+        self.stats = ClientStats()
+        self._current = 0  # index of the address in use
+        self._leave: str | None = None  # why to try the next address first on the next dial
+        self._pool: list[Connection] = []
+        self._connect_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self._nursery_cm: AbstractAsyncContextManager[trio.Nursery] | None = None
+
+    @property
+    def address(self) -> Address:
+        """The address in use (or to be tried first)."""
+        return self.addresses[self._current]
+
+    async def __aenter__(self) -> SheepClient:
+        if self._nursery is not None:
+            raise RuntimeError("this SheepClient is open already")
+        self._nursery_cm = trio.open_nursery()
+        self._nursery = await self._nursery_cm.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> bool:
+        """Close every connection (calls in flight fail) and wait for the readers. A body's
+        exception goes on as it is, not wrapped in an exception group."""
+        nursery, manager = self._nursery, self._nursery_cm
+        assert nursery is not None and manager is not None
+        self._nursery = self._nursery_cm = None
+        for conn in self._pool:
+            conn.close("the client was closed")
+        self._pool = []
+        nursery.cancel_scope.cancel()
+        await manager.__aexit__(None, None, None)
+        return False
+
+    # -- calls ------------------------------------------------------------------------------
+
+    async def call(
+        self, req: Request, *, into: memoryview | None = None, resend: bool = True
+    ) -> Reply:
+        """Send ``req`` and return its reply, whatever its result, within ``timeout``.
+
+        ``resend``: the request is safe to send twice (reads, writes of the same bytes,
+        lookups, bitmaps); then a lost connection is resent and RETRYABLE results are
+        retried within the deadline. Raises Timeout, or Unavailable when no sheep answers
+        or an unsafe request's connection broke with it in flight.
+        """
+        return await self._call(req, into, resend, retry=resend)
+
+    async def _call(
+        self, req: Request, into: memoryview | None, resend: bool, retry: bool
+    ) -> Reply:
+        if self._nursery is None:
+            raise RuntimeError("use SheepClient as `async with SheepClient(...) as client`")
+        started = trio.current_time()
+        call = _Call(req, into, resend, retry, started + self.timeout)
+        self.stats.requests += 1
+        try:
+            with trio.move_on_at(call.deadline) as scope:
+                reply = await self._attempts(call)
+            if scope.cancelled_caught:
+                raise self._timed_out(call)
+        except BaseException:
+            self.stats.failures += 1
+            raise
+        self.stats.record(trio.current_time() - started)
+        return reply
+
+    async def _attempts(self, c: _Call) -> Reply:
+        pause, losses = BACKOFF[0], 0
+        while True:
+            c.phase, c.pending = "connecting", None
+            c.conn = conn = await self._connection(after_loss=losses > 0)
+            try:
+                c.phase = "waiting for room on its connection"
+                c.pending = await conn.submit(c.req, c.into)
+                c.phase = "waiting for the reply"
+                reply = await c.pending.wait()
+            except ConnectionLost as e:
+                losses += 1
+                self._lost(c, conn, e)
+                if losses > 1:  # the sheep accepts and drops us: do not spin
+                    await trio.sleep(pause)
+                    pause = min(pause * 2, BACKOFF[1])
+                continue
+            self._count(c.req, reply)
+            if not c.retry or reply.result not in RETRYABLE:
+                return reply
+            if trio.current_time() + pause >= c.deadline:
+                return reply  # no time left for another try: the caller maps the result
+            self._retrying(c, conn, reply)
+            await trio.sleep(pause)
+            pause = min(pause * 2, BACKOFF[1])
+
+    def _lost(self, c: _Call, conn: Connection, e: ConnectionLost) -> None:
+        """A connection ended under a request: raise for an unsafe one that was sent."""
+        where = describe(conn.address)
+        log.info("connection to sheep %s lost: %s", where, e.why)
+        if e.sent and not c.resend:
+            why = f"the connection to sheep {where} broke ({e.why}) with the request in flight"
+            raise Unavailable(c.name, None, f"{why}: it may or may not have run") from e
+        self.stats.resends += e.sent
+
+    def _retrying(self, c: _Call, conn: Connection, reply: Reply) -> None:
+        self.stats.retries += 1
+        where, result = describe(conn.address), result_name(reply.result)
+        log.debug("sheep %s answered %s to %s; retrying", where, result, c.name)
+        if reply.result == Res.SHUTDOWN and len(self.addresses) > 1:
+            conn.close("the sheep is shutting down")
+            if conn.address == self.address:
+                self._leave = "it is shutting down"
+
+    def _count(self, req: Request, reply: Reply) -> None:
+        if req.flags & FLAG_WRITE:
+            self.stats.bytes_out += req.data_length
+        self.stats.bytes_in += reply.data_length
+
+    def _timed_out(self, c: _Call) -> Timeout:
+        """The deadline passed: a request on the wire leaves its connection in an unknown
+        state, so that connection is closed (rule 23)."""
+        self.stats.timeouts += 1
+        if c.conn is None or c.pending is None or not c.pending.sent:
+            return Timeout(c.name, None, f"not sent within {self.timeout:g} s ({c.phase})")
+        c.conn.close(f"{c.name} timed out")
+        why = f"sheep {describe(c.conn.address)} did not answer within {self.timeout:g} s"
+        return Timeout(c.name, None, f"{why}; the connection was closed, the request may still run")
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _least_loaded(self) -> Connection | None:
+        self._pool = [c for c in self._pool if not c.closed]
+        return min(self._pool, key=lambda c: c.load, default=None)
+
+    async def _connection(self, after_loss: bool = False) -> Connection:
+        """The pooled connection with the least in flight; a new one (lazily, up to
+        ``connections``) when every one is busy."""
+        best = self._least_loaded()
+        if best is not None and (best.load == 0 or len(self._pool) >= self.connections):
+            return best
+        if best is not None and self._connect_lock.locked() and best.load < self.max_in_flight:
+            return best  # rather than wait for the connection being made
+        async with self._connect_lock:
+            best = self._least_loaded()
+            if best is not None and (best.load == 0 or len(self._pool) >= self.connections):
+                return best
+            conn = await self._dial()
+            self._pool.append(conn)
+            self.stats.reconnects += after_loss
+            return conn
+
+    async def _dial(self) -> Connection:
+        """Connect to the address in use, else to the next ones in turn."""
+        assert self._nursery is not None
+        n = len(self.addresses)
+        first = (self._current + 1) % n if self._leave and n > 1 else self._current
+        errors: dict[Address, str] = {}
+        if self._leave:
+            errors[self.address] = self._leave
+        for k in range(n):
+            i = (first + k) % n
+            address = self.addresses[i]
+            try:
+                with trio.fail_after(min(self.timeout, CONNECT_TIMEOUT)):
+                    conn = await Connection.open(address, self.max_in_flight, self.max_bytes)
+            except (OSError, trio.TooSlowError) as e:
+                errors[address] = _reason(e)
+                continue
+            if i != self._current:
+                self._fail_over(i, errors)
+            self._leave = None
+            self._nursery.start_soon(conn.reader, name=f"sheep reader {describe(address)}")
+            self.stats.connects += 1
+            return conn
+        listed = ", ".join(describe(a) for a in self.addresses)
+        last = errors[self.addresses[(first + n - 1) % n]]
+        raise Unavailable("connect", None, f"no sheep answers at {listed}: {last}")
+
+    def _fail_over(self, i: int, errors: dict[Address, str]) -> None:
+        old, new = self.address, self.addresses[i]
+        why = errors.get(old, "connection lost")
+        log.warning("sheep %s stopped answering (%s); using %s", describe(old), why, describe(new))
+        self._current = i
+        self.stats.failovers += 1
+
+    # -- the cluster ------------------------------------------------------------------------
+
+    async def probe(self) -> ClusterInfo:
+        """Check that the cluster serves and speaks 1.0 (STAT_CLUSTER), and learn its
+        defaults (GET_CLUSTER_DEFAULT). Raises Unavailable saying why not, at once."""
+        stat = await self._call(stat_cluster(), None, resend=True, retry=False)
+        if not stat.ok:
+            why = _NOT_SERVING.get(stat.result, f"STAT_CLUSTER answered {result_name(stat.result)}")
+            raise Unavailable("connect", None, f"sheep {describe(self.address)}: {why}")
+        dflt = await self._call(plain(Op.GET_CLUSTER_DEFAULT), None, resend=True, retry=False)
+        if not dflt.ok:
+            why = f"GET_CLUSTER_DEFAULT answered {result_name(dflt.result)}"
+            raise Unavailable("connect", None, f"sheep {describe(self.address)}: {why}")
+        ctime = epoch = nodes = flags = 0
+        if len(stat.payload) >= _EPOCH_LOG.size:
+            ctime, _, epoch, nodes, _, _, _, flags, _ = _EPOCH_LOG.unpack_from(stat.payload)
+        defaults = dflt.default_copies, dflt.default_copy_policy, dflt.default_block_size_shift
+        return ClusterInfo(*defaults, flags, epoch, nodes, ctime)
+
+
+def _reason(e: OSError | trio.TooSlowError) -> str:
+    if isinstance(e, trio.TooSlowError):
+        return f"no connection within {CONNECT_TIMEOUT:g} s"
+    if e.errno and not isinstance(e, socket.gaierror):
+        return os.strerror(e.errno)  # not trio's "Error connecting to ('h', p): ..."
+    return e.strerror or str(e) or type(e).__name__

@@ -1,0 +1,154 @@
+"""Inodes over the wire: looking a VDI up, reading its header and its index.
+
+A VDI's inode is 12.6 MB, but a client needs only the 4,664-byte header and the index
+entries that matter (4 bytes per object of ``vdi_size``), so those are read once per open
+and kept (docs/PROTOCOL.md P4), and read again when they may be stale: after a READONLY
+reply (someone snapshotted the VDI), after NO_OBJ for an object the index names, or when
+a hole is read long after the index was (another client may have written it).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import trio
+
+from ...errors import BackendError
+from . import proto
+from .client import SheepClient
+from .proto import INDEX_OFFSET, INODE_HEADER_SIZE, Op, Res
+from .structs import InodeHeader
+
+#: Seconds a cached index is trusted for holes: past that, a hole is read again first.
+INDEX_TTL = 1.0
+_BTREE_MAGIC = 0x6274
+
+
+@dataclass
+class Vdi:
+    """One VDI as the backend knows it: header, index, and the creates in flight."""
+
+    name: bytes
+    header: InodeHeader
+    entries: dict[int, int] | list[int]  # object index -> owning vid (list: flat VDIs)
+    loaded_at: float = 0.0
+    #: Objects whose allocating write (CREATE_AND_WRITE_OBJ + index) is under way.
+    allocating: dict[int, trio.Event] = field(default_factory=dict)
+
+    @property
+    def vid(self) -> int:
+        return self.header.vdi_id
+
+    @property
+    def object_size(self) -> int:
+        return self.header.object_size
+
+    @property
+    def size(self) -> int:
+        return self.header.vdi_size
+
+    def owner(self, index: int) -> int:
+        """The vid whose object ``index`` holds this VDI's bytes there (0: a hole)."""
+        if isinstance(self.entries, list):
+            return self.entries[index] if index < len(self.entries) else 0
+        return self.entries.get(index, 0)
+
+    def publish(self, index: int, vid: int) -> None:
+        assert isinstance(self.entries, list)
+        if index >= len(self.entries):
+            self.entries.extend([0] * (index + 1 - len(self.entries)))
+        self.entries[index] = vid
+
+    @property
+    def stale(self) -> bool:
+        return trio.current_time() - self.loaded_at > INDEX_TTL
+
+    def used(self) -> int:
+        """Bytes of the objects this VDI owns (not those it shares with a parent)."""
+        values = self.entries if isinstance(self.entries, list) else self.entries.values()
+        return sum(1 for v in values if v == self.vid) * self.object_size
+
+
+def _check(op: str, name: bytes | None, reply: proto.Reply) -> proto.Reply:
+    if not reply.ok:
+        raise proto.error_for(op, name, reply.result)
+    return reply
+
+
+async def find_vid(
+    client: SheepClient, op: str, name: bytes, tag: bytes = b"", snapid: int = 0
+) -> int | None:
+    """The vid of working VDI ``name`` (or of its snapshot ``tag``/``snapid``); None if
+    there is none (NO_VDI, or NO_TAG for a snapshot)."""
+    reply = await client.call(proto.vdi_request(Op.GET_VDI_INFO, name, tag, snapid))
+    if reply.result in (Res.NO_VDI, Res.NO_TAG):
+        return None
+    return _check(op, name, reply).vdi_id
+
+
+async def read_header(client: SheepClient, op: str, vid: int) -> InodeHeader:
+    reply = await client.call(proto.obj_read(proto.ioid(vid), 0, INODE_HEADER_SIZE))
+    return InodeHeader.parse(_check(op, None, reply).payload)
+
+
+async def read_entries(
+    client: SheepClient, op: str, header: InodeHeader
+) -> dict[int, int] | list[int]:
+    """The index: a list for a flat VDI, a dict of the allocated entries for a hyper
+    volume (whose index is a B-tree of depth 1 or 2; any other depth is corruption)."""
+    if header.hyper:
+        return await _read_btree(client, op, header)
+    count = min(header.objects, proto.MAX_INDEX)
+    entries: list[int] = []
+    step = 1 << 20  # entries per request: 4 MiB, the most a request should carry
+    for first in range(0, count, step):
+        n = min(step, count - first)
+        req = proto.obj_read(proto.ioid(header.vdi_id), INDEX_OFFSET + 4 * first, 4 * n)
+        data = _check(op, header.name, await client.call(req)).payload
+        entries.extend(struct.unpack_from(f"<{n}I", data))
+    return entries
+
+
+async def _read_btree(client: SheepClient, op: str, header: InodeHeader) -> dict[int, int]:
+    oid = proto.ioid(header.vdi_id)
+    root = _check(op, header.name, await client.call(proto.obj_read(oid, INDEX_OFFSET, 8)))
+    magic, depth, count = struct.unpack_from("<HHI", root.payload)
+    if magic != _BTREE_MAGIC and (magic, depth, count) != (0, 0, 0):
+        raise BackendError(op, header.name, f"corrupt hyper volume index (magic {magic:#x})")
+    if count == 0:
+        return {}
+    if depth == 1:
+        return await _read_leaf(client, op, header.name, oid, INDEX_OFFSET + 8, count)
+    if depth != 2:
+        raise BackendError(op, header.name, f"corrupt hyper volume index (depth {depth})")
+    req = proto.obj_read(oid, INDEX_OFFSET + 8, 16 * count)
+    data = _check(op, header.name, await client.call(req)).payload
+    entries: dict[int, int] = {}
+    for k in range(count):
+        _, _, node = struct.unpack_from("<IIQ", data, 16 * k)
+        head = _check(op, header.name, await client.call(proto.obj_read(node, 0, 8)))
+        _, _, n = struct.unpack_from("<HHI", head.payload)
+        entries.update(await _read_leaf(client, op, header.name, node, 8, n))
+    return entries
+
+
+async def _read_leaf(
+    client: SheepClient, op: str, name: bytes, oid: int, offset: int, count: int
+) -> dict[int, int]:
+    if not count:
+        return {}
+    data = _check(op, name, await client.call(proto.obj_read(oid, offset, 8 * count))).payload
+    pairs = struct.unpack_from(f"<{2 * count}I", data)
+    return {pairs[k]: pairs[k + 1] for k in range(0, len(pairs), 2) if pairs[k + 1]}
+
+
+async def load(client: SheepClient, op: str, name: bytes, vid: int | None = None) -> Vdi | None:
+    """The VDI ``name`` with its header and index (looked up unless ``vid`` is given)."""
+    if vid is None:
+        vid = await find_vid(client, op, name)
+        if vid is None:
+            return None
+    header = await read_header(client, op, vid)
+    entries = await read_entries(client, op, header)
+    return Vdi(name, header, entries, trio.current_time())
