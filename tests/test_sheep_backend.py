@@ -194,3 +194,16 @@ async def test_writes_to_a_snapshot_vid_are_refused(tmp_path):
         await backend.write(b"s", 0, b"y")  # our own snapshot: the cache moved on
         assert await backend.read(b"s", 0, 1) == b"y"
         assert fake.control.read_vdi("s", 0, 1, tag="t") == b"x"
+
+
+async def test_a_failure_among_many_pieces_is_raised_as_itself(tmp_path):
+    """Pieces run at once; one failing is raised as its own error (with its errno), not as
+    an exception group the FUSE side could only report as EIO."""
+    async with fake_and_core(tmp_path) as (fake, fs):
+        backend = fs.files.backend
+        await backend.create(b"m", 16 * MiB)
+        fake.control.inject("NO_SPACE", op="CREATE_AND_WRITE_OBJ", count=1)
+        with pytest.raises(NoSpace):
+            await backend.write(b"m", 0, os.urandom(12 * MiB))
+        await backend.write(b"m", 0, b"fine")  # the next write has room again
+        assert await backend.read(b"m", 0, 4) == b"fine"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,14 +32,11 @@ class CallStats:
 
     calls: int = 0
     errors: int = 0
-    latencies: list[float] = field(default_factory=list)  # seconds, the last ``KEEP``
-
-    KEEP = 4096
+    #: Seconds each of the last 4,096 calls took.
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
 
     def note(self, seconds: float) -> None:
         self.latencies.append(seconds)
-        if len(self.latencies) > self.KEEP:
-            del self.latencies[: -self.KEEP]
 
     def percentile(self, p: float) -> float:
         if not self.latencies:

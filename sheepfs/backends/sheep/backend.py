@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import trio
@@ -35,7 +35,7 @@ from ..base import (
 )
 from . import proto
 from .client import SheepClient
-from .data import DataPath
+from .data import DataPath, run_all
 from .inode import Vdi, find_vid, load, read_entries, read_header
 from .listing import list_vdis, stat_nodes
 from .proto import INDEX_OFFSET, Op, Res
@@ -45,7 +45,7 @@ from .structs import InodeHeader, ec_policy
 log = logging.getLogger(__name__)
 
 #: Bytes of a spool file read and sent at once by write_extents.
-UPLOAD_WINDOW = 32 << 20
+UPLOAD_WINDOW = 64 << 20
 
 
 def to_info(name: bytes, vdi: Vdi) -> VdiInfo:
@@ -328,20 +328,27 @@ class SheepBackend(Backend):
             yield pieces
 
     async def write_extents(self, name: bytes, fd: int, extents: Sequence[tuple[int, int]]) -> int:
-        """Extents of a spool file, in windows of many objects, each window's objects
-        written at once (``DataPath.write``)."""
-        done = 0
-        for offset, length in extents:
-            pos = offset
-            while pos < offset + length:
-                n = min(UPLOAD_WINDOW, offset + length - pos)
-                data = await trio.to_thread.run_sync(os.pread, fd, n, pos)
-                if len(data) < n:  # past the spool file's end it reads zero
-                    data += bytes(n - len(data))
-                await self.write_parts(name, pos, [data])
-                pos += n
-                done += n
-        return done
+        """Extents of a spool file in windows of many objects: each window's objects are
+        written at once (``DataPath.write``) while the next window is read from disk."""
+        windows = [
+            (pos, min(UPLOAD_WINDOW, offset + length - pos))
+            for offset, length in extents
+            for pos in range(offset, offset + length, UPLOAD_WINDOW)
+        ]
+
+        def read(pos: int, n: int) -> bytes:
+            data = os.pread(fd, n, pos)
+            return data + bytes(n - len(data))  # past the spool file's end it reads zero
+
+        data = await trio.to_thread.run_sync(read, *windows[0]) if windows else b""
+        for k, (pos, _) in enumerate(windows):
+            following: list[bytes] = []
+            calls = [lambda p=pos, d=data: self.write_parts(name, p, [d])]
+            if k + 1 < len(windows):
+                calls.append(lambda w=windows[k + 1], box=following: _read_to(box, read, w))
+            await run_all(calls)
+            data = following[0] if following else b""
+        return sum(n for _, n in windows)
 
     async def write_parts(self, name: bytes, offset: int, parts: Sequence[Buffer]) -> None:
         length = sum(len(p) for p in parts)
@@ -350,6 +357,10 @@ class SheepBackend(Backend):
         vdi = await self._covering("write", name, offset + length)
         assert self._data is not None
         await self._data.write(vdi, offset, parts)
+
+
+async def _read_to(box: list[bytes], read: Callable[[int, int], bytes], window: tuple[int, int]):
+    box.append(await trio.to_thread.run_sync(read, *window))
 
 
 def _like(h: InodeHeader) -> dict[str, int]:

@@ -26,7 +26,7 @@ from .proto import INDEX_OFFSET, Res
 log = logging.getLogger(__name__)
 
 #: Pieces of one read or write in flight at once (the client bounds its connections too).
-PIECES_AT_ONCE = 8
+PIECES_AT_ONCE = 16
 #: Bytes one request carries at most, even when objects are larger (rule 24).
 MAX_PIECE = 4 << 20
 
@@ -44,20 +44,30 @@ def pieces(vdi: Vdi, offset: int, length: int) -> list[tuple[int, int, int, int]
     return out
 
 
-async def run_all(calls: Sequence[Callable[[], Awaitable[None]]]) -> None:
-    """Run ``calls`` at most ``PIECES_AT_ONCE`` at a time; the first failure ends them all."""
+async def run_all(calls: Sequence[Callable[[], Awaitable[object]]], at_once: int = 0) -> None:
+    """Run ``calls`` at most ``at_once`` (``PIECES_AT_ONCE``) at a time. The first failure stops the
+    ones not yet begun and is raised as it is (never wrapped in an exception group), so
+    the errno it carries reaches the user."""
     if len(calls) == 1:
         await calls[0]()
         return
-    limit = trio.CapacityLimiter(PIECES_AT_ONCE)
+    limit = trio.CapacityLimiter(at_once or PIECES_AT_ONCE)
+    failed: list[Exception] = []
 
-    async def one(call: Callable[[], Awaitable[None]]) -> None:
+    async def one(call: Callable[[], Awaitable[object]]) -> None:
         async with limit:
-            await call()
+            if failed:
+                return
+            try:
+                await call()
+            except Exception as e:
+                failed.append(e)
 
     async with trio.open_nursery() as nursery:
         for call in calls:
             nursery.start_soon(one, call)
+    if failed:
+        raise failed[0]
 
 
 class DataPath:

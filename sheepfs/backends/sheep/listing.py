@@ -15,6 +15,7 @@ from ...errors import BackendError
 from ..base import FsStats
 from . import proto
 from .client import SheepClient
+from .data import run_all
 from .inode import Vdi, read_entries
 from .proto import INODE_HEADER_SIZE, NODE_LIST_SIZE, VDI_BITMAP_SIZE, Op
 from .structs import InodeHeader, bits, node_addresses
@@ -42,31 +43,35 @@ async def live_vids(client: SheepClient) -> list[int]:
     return [v for v in bits(in_use.payload) if v not in gone]
 
 
+async def _read_inode(client: SheepClient, vid: int) -> Vdi | None:
+    """The header and index of ``vid`` (a small index in the same request: reading both
+    at once is safe, only writing them together is not); None for no VDI to show."""
+    length = INODE_HEADER_SIZE + 4 * WITH_HEADER
+    reply = await client.call(proto.obj_read(proto.ioid(vid), 0, length))
+    if not reply.ok:
+        return None  # half made or gone
+    header = InodeHeader.parse(reply.payload)
+    if not header.name:
+        return None  # deleted: its name is zeroed
+    if header.hyper or header.objects > WITH_HEADER:
+        entries = await read_entries(client, "list", header)
+    else:
+        n = header.objects
+        entries = list(struct.unpack_from(f"<{n}I", reply.payload, INODE_HEADER_SIZE))
+    return Vdi(header.name, header, entries, trio.current_time())
+
+
 async def list_vdis(client: SheepClient) -> list[Vdi]:
     """Every live VDI, snapshots included, with its header and index."""
     vids = await live_vids(client)
     found: list[Vdi] = []
-    limit = trio.CapacityLimiter(AT_ONCE)
 
     async def one(vid: int) -> None:
-        async with limit:
-            length = INODE_HEADER_SIZE + 4 * WITH_HEADER  # reading both in one is safe
-            reply = await client.call(proto.obj_read(proto.ioid(vid), 0, length))
-            if not reply.ok:
-                return  # half made or gone: not a VDI to show
-            header = InodeHeader.parse(reply.payload)
-            if not header.name:
-                return  # deleted: its name is zeroed
-            if header.hyper or header.objects > WITH_HEADER:
-                entries = await read_entries(client, "list", header)
-            else:
-                n = header.objects
-                entries = list(struct.unpack_from(f"<{n}I", reply.payload, INODE_HEADER_SIZE))
-            found.append(Vdi(header.name, header, entries, trio.current_time()))
+        vdi = await _read_inode(client, vid)
+        if vdi is not None:
+            found.append(vdi)
 
-    async with trio.open_nursery() as nursery:
-        for vid in vids:
-            nursery.start_soon(one, vid)
+    await run_all([lambda v=v: one(v) for v in vids], AT_ONCE)
     found.sort(key=lambda v: v.vid)
     return found
 
