@@ -337,6 +337,20 @@ def any_store(request, tmp_path) -> Store:
     return store_for(request, tmp_path)
 
 
+@pytest.fixture(params=[k for k in store_kinds() if k in ("dog", "local")])
+def fast_mounted(request, tmp_path):
+    """A mount of the fake dog or the local backend (no real cluster: cheap requests)."""
+    with mount_of(store_for(request, tmp_path), tmp_path) as m:
+        yield m
+
+
+@pytest.fixture(params=[REAL, SHEEP])
+def real_mounted(request, tmp_path):
+    """A mount of the real cluster, through dog and through the sheep backend."""
+    with mount_of(store_for(request, tmp_path), tmp_path) as m:
+        yield m
+
+
 @pytest.fixture(params=["dog", REAL, SHEEP])
 def dog_like_store(request, tmp_path) -> Store:
     """The fake dog, then a real cluster (through dog, and through the sheep backend): for

@@ -136,7 +136,19 @@ names = st.binary(min_size=1, max_size=300).filter(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(name=names)
-def test_arbitrary_names_never_crash_the_daemon(mounted, name):
+def test_arbitrary_names_never_crash_the_daemon(fast_mounted, name):
+    names_never_crash(fast_mounted, name)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(name=names)
+def test_arbitrary_names_never_crash_the_daemon_on_a_real_cluster(real_mounted, name):
+    """Fewer examples: each costs several real VDI operations. Many more names go through
+    the core in-process (tests/test_core_names.py)."""
+    names_never_crash(real_mounted, name)
+
+
+def names_never_crash(mounted, name: bytes) -> None:
     path = os.path.join(os.fsencode(mounted.path), name)
     other = os.path.join(os.fsencode(mounted.path), b"renamed-" + name[:200])
     for op in (
