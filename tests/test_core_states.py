@@ -277,3 +277,17 @@ async def test_statfs_and_attributes_follow_the_store(tmp_path) -> None:
         assert (attrs.size, attrs.used, attrs.object_size) == (2 * MiB, 2 * MiB, MiB)
         await fs.unlink(b"v")
         assert (await fs.statfs()).used == 0
+
+
+async def test_a_file_deleted_while_open_can_still_be_truncated(tmp_path) -> None:
+    """Its handles still see it; nothing of it is saved, and nothing fails."""
+    backend = MemoryBackend()
+    backend.put(b"gone", bytes(3 * MiB), block_size_shift=SMALL)
+    async with mount(backend, tmp_path) as fs:
+        attrs = await fs.lookup(b"gone")
+        opened = await fs.open(attrs.ino, writing=True)
+        await fs.unlink(b"gone")
+        attrs = await fs.truncate(attrs.ino, MiB, opened.fh)
+        assert attrs.size == MiB and fs.file(b"gone") is None
+        await fs.release(opened.fh)
+    assert backend.names() == [] and fs.saved

@@ -206,7 +206,7 @@ class Filesystem:
         f = self._handles.get(fh) if fh is not None else self.files.by_id.get(ino)
         if f is not None:
             await self.files.truncate(f, size)
-            return await self.getattr(ino)
+            return self._attrs(f)  # also for a file deleted while open: its handle sees it
         name = self.inodes.name_of(ino)
         info = await self.catalog.get(name) if name is not None else None
         if info is None:

@@ -116,6 +116,13 @@ class OpenFiles:
     async def truncate(self, f: OpenFile, size: int) -> None:
         if size > f.max_size:
             raise TooLarge("truncate", f.name, f"the VDI size limit is {f.max_size} bytes")
+        if f.gone:  # deleted while open: only its handles see it, nothing is saved
+            if f.staged is not None:
+                f.staged.truncate(size)
+            else:
+                self.cache.truncate(f, size)
+            f.size = size
+            return
         if f.staged is not None:
             old = f.size
             f.staged.truncate(size)
