@@ -10,14 +10,14 @@ with FakeSheepProcess(nodes=3) as fake:
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from tests.realcluster import free_port_range
 
 from .remote import ControlClient, RemoteError
 
@@ -25,26 +25,10 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port_base(count: int, start: int = 20000, end: int = 30000) -> int:
-    """The first P such that P..P+count-1 are free on 127.0.0.1."""
-    port = start + (os.getpid() % 500) * 16
-    for _ in range((end - start) // count):
-        if port + count > end:
-            port = start
-        if all(_free(p) for p in range(port, port + count)):
-            return port
-        port += count
-    raise RuntimeError("no free range of loopback ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def free_port_base(count: int) -> int:
+    """The first P such that P..P+count-1 are free on 127.0.0.1 (above the real
+    clusters' ports)."""
+    return free_port_range(count, start=20000)
 
 
 class FakeSheepProcess:

@@ -34,7 +34,7 @@ from ..base import (
     check_name,
 )
 from . import proto
-from .client import SheepClient
+from .client import ClusterInfo, SheepClient
 from .data import DataPath, run_all
 from .inode import Vdi, find_vid, load, read_entries, read_header
 from .listing import list_vdis, stat_nodes
@@ -62,12 +62,6 @@ def to_info(name: bytes, vdi: Vdi) -> VdiInfo:
         snapshot_id=h.snap_id if h.is_snapshot else 0,
         tag=h.tag,
     )
-
-
-def _check(op: str, name: bytes | None, reply: proto.Reply) -> proto.Reply:
-    if not reply.ok:
-        raise proto.error_for(op, name, reply.result)
-    return reply
 
 
 def _check_tag(op: str, name: bytes, tag: str) -> bytes:
@@ -100,6 +94,7 @@ class SheepBackend(Backend):
         self._vdis: dict[bytes, Vdi] = {}
         self._loading: dict[bytes, trio.Lock] = {}
         self._default_shift = 22
+        self._defaults: ClusterInfo | None = None  # what open() probed
 
     @property
     def client(self) -> SheepClient:
@@ -112,7 +107,7 @@ class SheepBackend(Backend):
     async def open(self) -> None:
         client = SheepClient(self.addresses, timeout=self.timeout)
         self._client = await self._stack.enter_async_context(client)
-        defaults = await client.probe()
+        defaults = self._defaults = await client.probe()
         self._default_shift = defaults.block_size_shift or 22
         self._data = DataPath(client)
         host, port = client.address
@@ -199,7 +194,7 @@ class SheepBackend(Backend):
         reply = await self.client.call(req, resend=False)
         if reply.result == Res.VDI_EXIST:
             raise Exists("create", name, "VDI exists already")
-        _check("create", name, reply)
+        proto.checked("create", name, reply)
         self._vdis.pop(name, None)
 
     async def delete(self, name: bytes) -> None:
@@ -216,7 +211,7 @@ class SheepBackend(Backend):
         if not header.hyper:
             await self._zero_index(name, vid, await read_entries(self.client, "delete", header))
         req = proto.vdi_request(Op.DEL_VDI, name, tag)
-        reply = _check("delete", name, await self.client.call(req, resend=False))
+        reply = proto.checked("delete", name, await self.client.call(req, resend=False))
         if reply.vdi_id != vid:
             log.warning("delete %r: deleted vid %#x, not %#x (changed meanwhile)", name,
                         reply.vdi_id, vid)  # fmt: skip
@@ -234,7 +229,7 @@ class SheepBackend(Backend):
                 j += 1
             zeros = bytes(4 * (j - i))
             req = proto.obj_write(proto.ioid(vid), INDEX_OFFSET + 4 * i, zeros)
-            _check("delete", name, await self.client.call(req))
+            proto.checked("delete", name, await self.client.call(req))
             i = j
 
     async def resize(self, name: bytes, size: int) -> None:
@@ -250,13 +245,14 @@ class SheepBackend(Backend):
         if size > limit:
             raise TooLarge("resize", name, f"This volume's max size is {limit}")
         req = proto.obj_write(proto.ioid(vid), 536, struct.pack("<Q", size))
-        _check("resize", name, await self.client.call(req))
+        proto.checked("resize", name, await self.client.call(req))
         cached = self._vdis.get(name)
         if cached is not None and cached.vid == vid:
             cached.header = await read_header(self.client, "resize", vid)
 
     async def statfs(self) -> FsStats:
-        return await stat_nodes(self.client, self.timeout)
+        assert self._defaults is not None
+        return await stat_nodes(self.client, self.timeout, self._defaults)
 
     async def snapshot(self, name: bytes, tag: str) -> None:
         check_name("snapshot", name)
@@ -270,9 +266,9 @@ class SheepBackend(Backend):
         if h.hyper:
             raise NotPermitted("snapshot", name, "snapshot of hypervolume is not supported")
         req = proto.obj_write(proto.ioid(vid), 256, proto.pad(raw))
-        _check("snapshot", name, await self.client.call(req))
+        proto.checked("snapshot", name, await self.client.call(req))
         req = proto.vdi_request(Op.NEW_VDI, name, snapid=1, base_vdi_id=vid, **_like(h))
-        _check("snapshot", name, await self.client.call(req, resend=False))
+        proto.checked("snapshot", name, await self.client.call(req, resend=False))
         self._vdis.pop(name, None)
 
     async def clone(self, name: bytes, tag: str, new_name: bytes) -> None:
@@ -288,7 +284,7 @@ class SheepBackend(Backend):
         reply = await self.client.call(req, resend=False)
         if reply.result == Res.VDI_EXIST:
             raise Exists("clone", new_name, "VDI exists already")
-        _check("clone", new_name, reply)
+        proto.checked("clone", new_name, reply)
 
     async def delete_snapshot(self, name: bytes, tag: str) -> None:
         check_name("delete snapshot", name)

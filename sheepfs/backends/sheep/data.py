@@ -140,12 +140,9 @@ class DataPath:
             await pending.wait()  # one allocating write per object in flight (rule 12)
         owner = vdi.owner(index)
         if owner == vdi.vid:
-            reply = await self.client.call(proto.obj_write(proto.doid(owner, index), within, data))
-            if reply.result == Res.READONLY:
+            if not await self._write_in_place(vdi, index, within, data):
                 await self.repair(vdi)
-                return await self._write_piece(vdi, index, within, data)
-            if not reply.ok:
-                raise proto.error_for("write", vdi.name, reply.result)
+                await self._write_piece(vdi, index, within, data)
             return
         done = vdi.allocating[index] = trio.Event()
         try:
@@ -174,11 +171,19 @@ class DataPath:
     ) -> None:
         owner = vdi.owner(index)
         if owner == vdi.vid:
-            reply = await self.client.call(proto.obj_write(proto.doid(owner, index), within, data))
-            if not reply.ok:
-                raise proto.error_for("write", vdi.name, reply.result)
+            if not await self._write_in_place(vdi, index, within, data):
+                raise proto.error_for("write", vdi.name, Res.READONLY)  # read-only again
             return
         await self._allocate(vdi, index, within, data, owner)
+
+    async def _write_in_place(self, vdi: Vdi, index: int, within: int, data: memoryview) -> bool:
+        """WRITE_OBJ to an object the VDI owns; False if it answered READONLY."""
+        req = proto.obj_write(proto.doid(vdi.vid, index), within, data)
+        reply = await self.client.call(req)
+        if reply.result == Res.READONLY:
+            return False
+        proto.checked("write", vdi.name, reply)
+        return True
 
     async def _publish(self, vdi: Vdi, index: int, vid: int) -> None:
         """Write index entry ``index`` = ``vid``, only after its data is in (rule 14)."""

@@ -70,12 +70,6 @@ class Vdi:
         return sum(1 for v in values if v == self.vid) * self.object_size
 
 
-def _check(op: str, name: bytes | None, reply: proto.Reply) -> proto.Reply:
-    if not reply.ok:
-        raise proto.error_for(op, name, reply.result)
-    return reply
-
-
 async def find_vid(
     client: SheepClient, op: str, name: bytes, tag: bytes = b"", snapid: int = 0
 ) -> int | None:
@@ -84,12 +78,12 @@ async def find_vid(
     reply = await client.call(proto.vdi_request(Op.GET_VDI_INFO, name, tag, snapid))
     if reply.result in (Res.NO_VDI, Res.NO_TAG):
         return None
-    return _check(op, name, reply).vdi_id
+    return proto.checked(op, name, reply).vdi_id
 
 
 async def read_header(client: SheepClient, op: str, vid: int) -> InodeHeader:
     reply = await client.call(proto.obj_read(proto.ioid(vid), 0, INODE_HEADER_SIZE))
-    return InodeHeader.parse(_check(op, None, reply).payload)
+    return InodeHeader.parse(proto.checked(op, None, reply).payload)
 
 
 async def read_entries(
@@ -105,14 +99,14 @@ async def read_entries(
     for first in range(0, count, step):
         n = min(step, count - first)
         req = proto.obj_read(proto.ioid(header.vdi_id), INDEX_OFFSET + 4 * first, 4 * n)
-        data = _check(op, header.name, await client.call(req)).payload
+        data = proto.checked(op, header.name, await client.call(req)).payload
         entries.extend(struct.unpack_from(f"<{n}I", data))
     return entries
 
 
 async def _read_btree(client: SheepClient, op: str, header: InodeHeader) -> dict[int, int]:
     oid = proto.ioid(header.vdi_id)
-    root = _check(op, header.name, await client.call(proto.obj_read(oid, INDEX_OFFSET, 8)))
+    root = proto.checked(op, header.name, await client.call(proto.obj_read(oid, INDEX_OFFSET, 8)))
     magic, depth, count = struct.unpack_from("<HHI", root.payload)
     if magic != _BTREE_MAGIC and (magic, depth, count) != (0, 0, 0):
         raise BackendError(op, header.name, f"corrupt hyper volume index (magic {magic:#x})")
@@ -123,11 +117,11 @@ async def _read_btree(client: SheepClient, op: str, header: InodeHeader) -> dict
     if depth != 2:
         raise BackendError(op, header.name, f"corrupt hyper volume index (depth {depth})")
     req = proto.obj_read(oid, INDEX_OFFSET + 8, 16 * count)
-    data = _check(op, header.name, await client.call(req)).payload
+    data = proto.checked(op, header.name, await client.call(req)).payload
     entries: dict[int, int] = {}
     for k in range(count):
         _, _, node = struct.unpack_from("<IIQ", data, 16 * k)
-        head = _check(op, header.name, await client.call(proto.obj_read(node, 0, 8)))
+        head = proto.checked(op, header.name, await client.call(proto.obj_read(node, 0, 8)))
         _, _, n = struct.unpack_from("<HHI", head.payload)
         entries.update(await _read_leaf(client, op, header.name, node, 8, n))
     return entries
@@ -138,7 +132,9 @@ async def _read_leaf(
 ) -> dict[int, int]:
     if not count:
         return {}
-    data = _check(op, name, await client.call(proto.obj_read(oid, offset, 8 * count))).payload
+    data = proto.checked(
+        op, name, await client.call(proto.obj_read(oid, offset, 8 * count))
+    ).payload
     pairs = struct.unpack_from(f"<{2 * count}I", data)
     return {pairs[k]: pairs[k + 1] for k in range(0, len(pairs), 2) if pairs[k + 1]}
 

@@ -14,7 +14,7 @@ import trio
 from ...errors import BackendError
 from ..base import FsStats
 from . import proto
-from .client import SheepClient
+from .client import ClusterInfo, SheepClient
 from .data import run_all
 from .inode import Vdi, read_entries
 from .proto import INODE_HEADER_SIZE, NODE_LIST_SIZE, VDI_BITMAP_SIZE, Op
@@ -29,16 +29,14 @@ AT_ONCE = 32
 WITH_HEADER = 1024
 
 
-def _check(op: str, reply: proto.Reply) -> proto.Reply:
-    if not reply.ok:
-        raise proto.error_for(op, None, reply.result)
-    return reply
-
-
 async def live_vids(client: SheepClient) -> list[int]:
     """Vids in use and not deleted (a delete that kept its inode is only in the second)."""
-    in_use = _check("list", await client.call(proto.plain(Op.READ_VDIS, VDI_BITMAP_SIZE)))
-    deleted = _check("list", await client.call(proto.plain(Op.READ_DEL_VDIS, VDI_BITMAP_SIZE)))
+    in_use = proto.checked(
+        "list", None, await client.call(proto.plain(Op.READ_VDIS, VDI_BITMAP_SIZE))
+    )
+    deleted = proto.checked(
+        "list", None, await client.call(proto.plain(Op.READ_DEL_VDIS, VDI_BITMAP_SIZE))
+    )
     gone = set(bits(deleted.payload))
     return [v for v in bits(in_use.payload) if v not in gone]
 
@@ -76,23 +74,24 @@ async def list_vdis(client: SheepClient) -> list[Vdi]:
     return found
 
 
-async def stat_nodes(client: SheepClient, timeout: float) -> FsStats:
+async def stat_nodes(client: SheepClient, timeout: float, defaults: ClusterInfo) -> FsStats:
     """Space a user can fill: the nodes' raw totals divided by the copies each byte takes
     (``copies``, or ``(d + p) / d`` for erasure coding), as ``df`` should show it."""
-    nodes = _check("statfs", await client.call(proto.plain(Op.GET_NODE_LIST, NODE_LIST_SIZE)))
+    nodes = proto.checked(
+        "statfs", None, await client.call(proto.plain(Op.GET_NODE_LIST, NODE_LIST_SIZE))
+    )
     addresses = node_addresses(nodes.payload[: nodes.nr_nodes * proto.NODE_SIZE],
                                      nodes.nr_nodes)  # fmt: skip
     total = free = 0
     for address in addresses:
         try:
             async with SheepClient([address], timeout=timeout) as node:
-                reply = _check("statfs", await node.call(proto.plain(Op.STAT_SHEEP)))
+                reply = proto.checked("statfs", None, await node.call(proto.plain(Op.STAT_SHEEP)))
         except BackendError as e:
             log.debug("statfs: node %s:%d does not answer: %s", *address, e)
             continue
         total += reply.store_size
         free += reply.store_free
-    defaults = await client.probe()
     if defaults.copy_policy:
         data, parity = (defaults.copy_policy >> 4) * 2, defaults.copy_policy & 0x0F
         share = (data + parity) / data

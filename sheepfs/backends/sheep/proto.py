@@ -155,6 +155,13 @@ def error_for(op: str, name: bytes | None, result: int) -> BackendError:
     return cls(op, name, f"{why} ({result_name(result)})")
 
 
+def checked(op: str, name: bytes | None, reply: Reply) -> Reply:
+    """``reply`` if it succeeded; else its result as the exception :func:`error_for` gives."""
+    if not reply.ok:
+        raise error_for(op, name, reply.result)
+    return reply
+
+
 def ioid(vid: int) -> int:
     """The inode object of VDI ``vid``."""
     return VDI_BIT | vid << 32
