@@ -10,7 +10,6 @@ reader, and a reader may need a call slot (a write-back to make room) to go on.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -61,21 +60,31 @@ class BoundedBackend(Backend):
         return self._calls.borrowed_tokens
 
     async def _call(self, op: str, name: bytes | None, call: Callable[[], Awaitable[T]]) -> T:
-        async with self._calls:
-            self.stats.calls += 1
-            start = trio.current_time()
-            try:
-                limit = self.timeout
-                with trio.fail_after(limit) if limit else contextlib.nullcontext():
-                    return await call()
-            except trio.TooSlowError:
-                self.stats.errors += 1
-                raise Timeout(op, name, f"no answer within {self.timeout:g} s") from None
-            except BackendError:
-                self.stats.errors += 1
-                raise
-            finally:
-                self.stats.note(trio.current_time() - start)
+        try:  # a free slot is taken without a yield: waiting costs a scheduler pass
+            self._calls.acquire_nowait()
+        except trio.WouldBlock:
+            await self._calls.acquire()
+        try:
+            return await self._counted(op, name, call)
+        finally:
+            self._calls.release()
+
+    async def _counted(self, op: str, name: bytes | None, call: Callable[[], Awaitable[T]]) -> T:
+        self.stats.calls += 1
+        start = trio.current_time()
+        try:
+            if not self.timeout:
+                return await call()
+            with trio.fail_after(self.timeout):
+                return await call()
+        except trio.TooSlowError:
+            self.stats.errors += 1
+            raise Timeout(op, name, f"no answer within {self.timeout:g} s") from None
+        except BackendError:
+            self.stats.errors += 1
+            raise
+        finally:
+            self.stats.note(trio.current_time() - start)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

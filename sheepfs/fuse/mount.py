@@ -26,6 +26,11 @@ from .pagecache import raise_read_ahead
 
 log = logging.getLogger("sheepfs")
 
+#: pyfuse3 workers kept waiting for requests. With its default of one, every request that
+#: arrives while another runs starts a task that ends when it is done: for concurrent
+#: small reads that churn costs as much as the read.
+WORKERS = 8
+
 
 @dataclass
 class MountConfig:
@@ -75,7 +80,7 @@ class Daemon:
                 self.core.start_recovery()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._on_signals)
-                    await pyfuse3.main()
+                    await pyfuse3.main(min_tasks=WORKERS)
                     nursery.cancel_scope.cancel()
         except BackendError as e:
             if self.mounted:

@@ -34,7 +34,8 @@ from ..base import (
     check_name,
 )
 from . import proto
-from .client import ClusterInfo, SheepClient
+from .client import SheepClient
+from .cluster import ClusterInfo
 from .data import DataPath, run_all
 from .inode import Vdi, find_vid, load, read_entries, read_header
 from .listing import list_vdis, stat_nodes

@@ -13,136 +13,36 @@ sends header and payload pieces as one unit without joining them.
 from __future__ import annotations
 
 import logging
+import math
 import socket
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
 
 import trio
 
-from .proto import FLAG_WRITE, HEADER_SIZE, Reply, Request
+from .dial import Address, connect, describe
+from .pending import (
+    Buffer,
+    ConnectionLost,
+    Pending,
+    ProtocolError,
+    advance,
+    prepared,
+)
+from .proto import HEADER_SIZE, Reply, Request
 
 log = logging.getLogger(__name__)
 
-Address = tuple[str, int]
-Buffer = bytes | bytearray | memoryview
 
 #: How long a protocol error's payload is drained before the connection is closed anyway.
 DRAIN_TIMEOUT = 5.0
-#: Idle seconds, probe interval, probes: a silently dead peer shows within about a minute.
-KEEPALIVE = (30, 10, 3)
 _SCRATCH = 64 << 10
+#: Received ahead of the reply being read; the rest of a payload at least _DIRECT bytes
+#: long is received straight into its buffer instead.
+_RECV_BUFFER = 256 << 10
+_DIRECT = 64 << 10
 _MAX_IOV = 512
-
-
-def describe(address: Address) -> str:
-    """``host:port`` as users write it (IPv6 in brackets)."""
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-class ConnectionLost(Exception):
-    """The connection ended with the request unanswered.
-
-    ``sent`` says whether any byte of the request reached the socket, that is whether the
-    sheep may have run it (rule 22): a request never sent is always safe to send again.
-    """
-
-    def __init__(self, why: str, sent: bool = True) -> None:
-        super().__init__(why)
-        self.why = why
-        self.sent = sent
-
-
-class ProtocolError(ConnectionLost):
-    """The sheep sent what a correct sheep never sends; the connection was reset."""
-
-
-@dataclass(eq=False)
-class Pending:
-    """One request on the wire, until its reply has been read whole."""
-
-    limit: int  # the most payload bytes its reply may carry
-    cost: int  # bytes it holds of the connection's budget
-    into: memoryview | None = None
-    sent: bool = False
-    abandoned: bool = False  # the caller stopped waiting: drain the reply, fill nothing
-    reply: Reply | None = None
-    error: ConnectionLost | None = None
-    done: trio.Event = field(default_factory=trio.Event)
-
-    async def wait(self) -> Reply:
-        """The reply; raises ConnectionLost. A caller that is cancelled abandons it."""
-        try:
-            await self.done.wait()
-        except BaseException:
-            if not self.done.is_set():
-                self.abandoned = True
-            raise
-        if self.error is not None:
-            raise self.error
-        assert self.reply is not None
-        return self.reply
-
-
-def payload_views(req: Request) -> list[memoryview]:
-    """The request's payload as byte views (it may be one buffer or a list of them),
-    checked against rule 1: WRITE if and only if exactly ``data_length`` bytes follow."""
-    parts = req.payload if isinstance(req.payload, list | tuple) else [req.payload]
-    views = [_bytes_view(p) for p in parts]
-    views = [v for v in views if v.nbytes]
-    size = sum(v.nbytes for v in views)
-    if req.flags & FLAG_WRITE and size != req.data_length:
-        raise ValueError(f"a WRITE request carries {size} bytes, not data_length {req.data_length}")
-    if not req.flags & FLAG_WRITE and size:
-        raise ValueError("a request without FLAG_WRITE carries no payload")
-    return views
-
-
-def _bytes_view(buf: Buffer) -> memoryview:
-    view = memoryview(buf)
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
-
-
-def _advance(bufs: list[memoryview], n: int) -> None:
-    """Drop the first ``n`` bytes of ``bufs``, in place."""
-    while n:
-        if n < bufs[0].nbytes:
-            bufs[0] = bufs[0][n:]
-            return
-        n -= bufs.pop(0).nbytes
-
-
-def _tune(sock: socket.socket) -> None:
-    """TCP_NODELAY (requests are small and latency-bound) and keepalive (rule 23)."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in zip(
-        ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT"), KEEPALIVE, strict=True
-    ):
-        if hasattr(socket, name):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
-
-
-async def _connect(address: Address) -> socket.socket:
-    host, port = address
-    last: OSError | None = None
-    for family, kind, proto, _, sockaddr in await trio.socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM
-    ):
-        tsock = trio.socket.socket(family, kind, proto)
-        try:
-            await tsock.connect(sockaddr)
-        except OSError as e:
-            tsock.close()
-            last = e
-            continue
-        except BaseException:
-            tsock.close()
-            raise
-        sock = socket.socket(family, kind, proto, fileno=tsock.detach())
-        sock.setblocking(False)
-        _tune(sock)
-        return sock
-    raise last or OSError(f"{host} resolves to no address")
+#: Replies read back to back (the socket never empty) before the reader yields anyway.
+_BURST = 16
 
 
 class Connection:
@@ -170,13 +70,15 @@ class Connection:
         self._admit = trio.Lock()  # first come, first admitted: big requests do not starve
         self._room = trio.Event()
         self._scratch = memoryview(bytearray(_SCRATCH))
+        self._rbuf = memoryview(bytearray(_RECV_BUFFER))
+        self._rpos = self._rend = 0  # what of _rbuf is received and not yet taken
 
     @classmethod
     async def open(
         cls, address: Address, max_in_flight: int = 8, max_bytes: int = 32 << 20
     ) -> Connection:
         """Connect (raises OSError); the caller must then start :meth:`reader`."""
-        return cls(address, await _connect(address), max_in_flight, max_bytes)
+        return cls(address, await connect(address), max_in_flight, max_bytes)
 
     @property
     def load(self) -> int:
@@ -192,47 +94,89 @@ class Connection:
         """Send ``req`` and wait for its reply (no deadline here: the caller sets one)."""
         return await (await self.submit(req, into)).wait()
 
-    async def submit(self, req: Request, into: memoryview | bytearray | None = None) -> Pending:
-        """Wait for room, then send ``req`` whole under a fresh id; raises ConnectionLost.
+    async def submit(
+        self, req: Request, into: memoryview | bytearray | None = None, deadline: float = math.inf
+    ) -> Pending:
+        """Wait for room, then send ``req`` whole under a fresh id; raises ConnectionLost,
+        or trio.TooSlowError when ``deadline`` passes before it could be sent.
 
         The reply payload goes into ``into`` (at most its length) when given. A caller
         cancelled in the middle of sending closes the connection: the stream would be
-        out of step.
+        out of step. With room free and the socket not busy this never yields: waiting
+        costs a pass of the scheduler, a large part of a small request's cost.
         """
-        views = payload_views(req)
-        sent = sum(v.nbytes for v in views)
-        expected = 0 if req.flags & FLAG_WRITE else req.data_length
-        limit = req.data_length
-        if into is not None:
-            into = _bytes_view(into)
-            if into.readonly:
-                raise ValueError("the reply buffer is read-only")
-            limit = min(limit, into.nbytes)
-        pending = Pending(limit, sent + expected, into)
-        await self._reserve(pending.cost)
-        rid = self._fresh_id()
-        self._pending[rid] = pending
-        header = memoryview(replace(req, id=rid).header())
+        pending, bufs = prepared(req, into, deadline)
+        if self._admit.locked() or not self._fits(pending.cost) or self.closed:
+            with trio.fail_at(deadline):
+                await self._reserve(pending.cost)
+        else:
+            self._take(pending.cost)
+        await self._send([(req, pending, bufs)])
+        return pending
+
+    async def submit_all(
+        self, reqs: Sequence[Request], deadline: float = math.inf
+    ) -> list[Pending]:
+        """Send as many of ``reqs`` as there is room for now (at least the first, waiting
+        for room if need be), all in one system call; their pendings, in order.
+
+        Only for requests safe to send twice: if the send breaks, each counts as sent."""
+        batch = []
+        for req in reqs:
+            pending, bufs = prepared(req, None, deadline)
+            if self._admit.locked() or self.closed or not self._fits(pending.cost):
+                break
+            self._take(pending.cost)
+            batch.append((req, pending, bufs))
+        if not batch:
+            return [await self.submit(reqs[0], None, deadline)]
+        await self._send(batch)
+        return [p for _, p, _ in batch]
+
+    async def _send(self, batch: list[tuple[Request, Pending, list[memoryview]]]) -> None:
+        """Register and send requests that hold room, under the send lock (taken without a
+        yield when nobody holds it). Once a first byte is out, only the watchdog (closing
+        the socket) stops the send."""
+        bufs: list[memoryview] = []
+        for req, pending, views in batch:
+            rid = self._fresh_id()
+            self._pending[rid] = pending
+            pending.id = rid
+            bufs.append(memoryview(req.header(rid)))
+            bufs.extend(views)
+        pendings = [p for _, p, _ in batch]
         try:
-            async with self._send_lock:
-                self._check_open(pending)
-                await self._send_all([header, *views], pending)
+            if self._send_lock.locked():
+                with trio.fail_at(pendings[0].deadline):
+                    await self._send_lock.acquire()
+            else:
+                self._send_lock.acquire_nowait()
+            try:
+                self._check_open(pendings[0])
+                await self._send_all(bufs, pendings)
+            finally:
+                self._send_lock.release()
         except (OSError, trio.ClosedResourceError) as e:
             self.close(f"sending failed: {e}")
-            raise pending.error or ConnectionLost(f"sending failed: {e}") from e
+            raise pendings[0].error or ConnectionLost(f"sending failed: {e}") from e
         except BaseException:
-            if pending.sent:
+            if pendings[0].sent:
                 self.close("a request was cut off in the middle (cancelled while sending)")
-            elif self._pending.pop(rid, None) is pending:
-                self._release(pending)
+            else:
+                for p in pendings:
+                    if self._pending.pop(p.id, None) is p:
+                        self._release(p)
             raise
-        return pending
 
     def _fresh_id(self) -> int:
         while True:
             self._last_id = (self._last_id + 1) & 0xFFFFFFFF
             if self._last_id and self._last_id not in self._pending:
                 return self._last_id
+
+    def has_room(self) -> bool:
+        """Whether a small request would go out now, without waiting."""
+        return not (self._admit.locked() or self.closed) and self._fits(0)
 
     def _fits(self, cost: int) -> bool:
         if not self.in_flight:
@@ -246,10 +190,13 @@ class Connection:
                 while not self._fits(cost) and not self.closed:
                     await self._room.wait()
                 self._check_open()
-                self.in_flight += 1
-                self.bytes_in_flight += cost
+                self._take(cost)
         finally:
             self.waiting -= 1
+
+    def _take(self, cost: int) -> None:
+        self.in_flight += 1
+        self.bytes_in_flight += cost
 
     def _release(self, pending: Pending) -> None:
         self.in_flight -= 1
@@ -257,8 +204,9 @@ class Connection:
         self._wake()
 
     def _wake(self) -> None:
-        self._room.set()
-        self._room = trio.Event()
+        if self.waiting:
+            self._room.set()
+            self._room = trio.Event()
 
     def _check_open(self, pending: Pending | None = None) -> None:
         if self.closed:
@@ -266,15 +214,17 @@ class Connection:
                 f"the connection was closed: {self.why}", sent=False
             )
 
-    async def _send_all(self, bufs: list[memoryview], pending: Pending) -> None:
+    async def _send_all(self, bufs: list[memoryview], pendings: list[Pending]) -> None:
         while bufs:
             try:
                 n = self._sock.sendmsg(bufs[:_MAX_IOV])
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(self._sock)
                 continue
-            pending.sent = True
-            _advance(bufs, n)
+            if not pendings[0].sent:
+                for p in pendings:
+                    p.sent = True
+            advance(bufs, n)
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -282,6 +232,7 @@ class Connection:
         """Read replies until the connection ends; whatever ends it fails what is in flight."""
         header = memoryview(bytearray(HEADER_SIZE))
         why = "the sheep closed the connection"
+        burst = 0
         try:
             while True:
                 got = await self._recv_exact(header)
@@ -290,7 +241,10 @@ class Connection:
                 if got < HEADER_SIZE:
                     raise ConnectionLost("the sheep closed the connection in a reply header")
                 await self._dispatch(Reply.parse(header))
-                await trio.lowlevel.checkpoint()
+                burst += 1
+                if burst >= _BURST:  # replies keep coming: let the woken callers run
+                    burst = 0
+                    await trio.lowlevel.checkpoint()
         except ProtocolError as e:
             why = f"protocol error: {e.why}"
         except ConnectionLost as e:
@@ -316,7 +270,7 @@ class Connection:
         if self._pending.pop(rsp.id, None) is pending:
             self._release(pending)
             pending.reply = rsp
-            pending.done.set()
+            pending.finish()
 
     async def _payload(self, pending: Pending, n: int) -> Buffer:
         if pending.abandoned:
@@ -341,20 +295,34 @@ class Connection:
 
     async def _recv_exact(self, view: memoryview, pending: Pending | None = None) -> int:
         """Fill ``view``; fewer bytes only at end of stream. An abandoned request's rest
-        is drained instead, so a late reply never writes into a buffer given back."""
+        is drained instead, so a late reply never writes into a buffer given back.
+
+        Small reads come out of a receive buffer, so one ``recv`` takes a header with its
+        payload, or many small replies at once; what is left of a large payload goes
+        straight into ``view``."""
         got, size = 0, view.nbytes
         while got < size:
             if pending is not None and pending.abandoned:
                 await self._drain(size - got)
                 return size
+            if self._rpos < self._rend:
+                k = min(self._rend - self._rpos, size - got)
+                view[got : got + k] = self._rbuf[self._rpos : self._rpos + k]
+                self._rpos += k
+                got += k
+                continue
+            direct = size - got >= _DIRECT
             try:
-                k = self._sock.recv_into(view[got:] if got else view)
+                k = self._sock.recv_into(view[got:] if direct else self._rbuf)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self._sock)
                 continue
             if not k:
                 return got
-            got += k
+            if direct:
+                got += k
+            else:
+                self._rpos, self._rend = 0, k
         return got
 
     async def _drain(self, n: int) -> None:
@@ -367,6 +335,18 @@ class Connection:
 
     # -- closing ----------------------------------------------------------------------------
 
+    def expire(self, now: float) -> str | None:
+        """Close the connection if a request on it is past its deadline (rule 23: its
+        state is unknown then); what timed out, or None. The others fail as lost."""
+        late = [p for p in self._pending.values() if p.deadline <= now]
+        if not late:
+            return None
+        for p in late:
+            p.expired = True
+        why = f"{len(late)} request(s) got no answer in time"
+        self.close(why)
+        return why
+
     def _stop(self, why: str, kind: type[ConnectionLost] = ConnectionLost) -> None:
         """Take no more requests and fail those in flight (each says whether it was sent)."""
         if self.closed:
@@ -377,7 +357,7 @@ class Connection:
         for p in pending.values():
             self._release(p)
             p.error = kind(why, sent=p.sent)
-            p.done.set()
+            p.finish()
         self._wake()
 
     def close(self, why: str = "closed by the client") -> None:

@@ -45,27 +45,29 @@ def pieces(vdi: Vdi, offset: int, length: int) -> list[tuple[int, int, int, int]
 
 
 async def run_all(calls: Sequence[Callable[[], Awaitable[object]]], at_once: int = 0) -> None:
-    """Run ``calls`` at most ``at_once`` (``PIECES_AT_ONCE``) at a time. The first failure stops the
-    ones not yet begun and is raised as it is (never wrapped in an exception group), so
-    the errno it carries reaches the user."""
+    """Run ``calls`` at most ``at_once`` (``PIECES_AT_ONCE``) at a time, by that many tasks
+    taking them in turn (a task per call costs more than a small call itself). The first
+    failure stops the ones not yet begun and is raised as it is (never wrapped in an
+    exception group), so the errno it carries reaches the user."""
     if len(calls) == 1:
         await calls[0]()
         return
-    limit = trio.CapacityLimiter(at_once or PIECES_AT_ONCE)
+    todo = iter(calls)
     failed: list[Exception] = []
 
-    async def one(call: Callable[[], Awaitable[object]]) -> None:
-        async with limit:
+    async def worker() -> None:
+        for call in todo:  # shared: each call is taken by one worker
             if failed:
                 return
             try:
                 await call()
             except Exception as e:
                 failed.append(e)
+                return
 
     async with trio.open_nursery() as nursery:
-        for call in calls:
-            nursery.start_soon(one, call)
+        for _ in range(min(len(calls), at_once or PIECES_AT_ONCE)):
+            nursery.start_soon(worker)
     if failed:
         raise failed[0]
 

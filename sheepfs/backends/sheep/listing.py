@@ -14,15 +14,16 @@ import trio
 from ...errors import BackendError
 from ..base import FsStats
 from . import proto
-from .client import ClusterInfo, SheepClient
+from .client import SheepClient
+from .cluster import ClusterInfo
 from .data import run_all
 from .inode import Vdi, read_entries
-from .proto import INODE_HEADER_SIZE, NODE_LIST_SIZE, VDI_BITMAP_SIZE, Op
+from .proto import INODE_HEADER_SIZE, NODE_LIST_SIZE, VDI_BITMAP_SIZE, Op, Reply
 from .structs import InodeHeader, bits, node_addresses
 
 log = logging.getLogger(__name__)
 
-#: Inodes read at once while listing.
+#: Large indexes read at once while listing.
 AT_ONCE = 32
 #: Index entries read with the header in the same request (VDIs up to 4 GiB at 4 MiB
 #: objects need no second request).
@@ -31,45 +32,50 @@ WITH_HEADER = 1024
 
 async def live_vids(client: SheepClient) -> list[int]:
     """Vids in use and not deleted (a delete that kept its inode is only in the second)."""
-    in_use = proto.checked(
-        "list", None, await client.call(proto.plain(Op.READ_VDIS, VDI_BITMAP_SIZE))
-    )
-    deleted = proto.checked(
-        "list", None, await client.call(proto.plain(Op.READ_DEL_VDIS, VDI_BITMAP_SIZE))
-    )
-    gone = set(bits(deleted.payload))
-    return [v for v in bits(in_use.payload) if v not in gone]
+    reads = [
+        proto.plain(Op.READ_VDIS, VDI_BITMAP_SIZE),
+        proto.plain(Op.READ_DEL_VDIS, VDI_BITMAP_SIZE),
+    ]
+    in_use, deleted = (proto.checked("list", None, r) for r in await client.call_many(reads))
+    gone = deleted.payload
+    return [v for v in bits(in_use.payload) if not gone[v >> 3] >> (v & 7) & 1]
 
 
-async def _read_inode(client: SheepClient, vid: int) -> Vdi | None:
-    """The header and index of ``vid`` (a small index in the same request: reading both
-    at once is safe, only writing them together is not); None for no VDI to show."""
-    length = INODE_HEADER_SIZE + 4 * WITH_HEADER
-    reply = await client.call(proto.obj_read(proto.ioid(vid), 0, length))
+def _inode_of(vid: int, reply: Reply) -> Vdi | InodeHeader | None:
+    """The VDI a header-and-index read shows; its header alone when the index did not fit
+    in the read (hyper volumes, more than WITH_HEADER objects); None for no VDI to show."""
     if not reply.ok:
         return None  # half made or gone
     header = InodeHeader.parse(reply.payload)
     if not header.name:
         return None  # deleted: its name is zeroed
     if header.hyper or header.objects > WITH_HEADER:
-        entries = await read_entries(client, "list", header)
-    else:
-        n = header.objects
-        entries = list(struct.unpack_from(f"<{n}I", reply.payload, INODE_HEADER_SIZE))
+        return header
+    entries = list(struct.unpack_from(f"<{header.objects}I", reply.payload, INODE_HEADER_SIZE))
     return Vdi(header.name, header, entries, trio.current_time())
 
 
 async def list_vdis(client: SheepClient) -> list[Vdi]:
-    """Every live VDI, snapshots included, with its header and index."""
+    """Every live VDI, snapshots included, with its header and index: the header and a
+    small index of every vid in one request each, all pipelined (reading both at once is
+    safe, only writing them together is not); a large index in a second read."""
     vids = await live_vids(client)
+    length = INODE_HEADER_SIZE + 4 * WITH_HEADER
+    replies = await client.call_many([proto.obj_read(proto.ioid(v), 0, length) for v in vids])
     found: list[Vdi] = []
+    large: list[InodeHeader] = []
+    for vid, reply in zip(vids, replies, strict=True):
+        got = _inode_of(vid, reply)
+        if isinstance(got, Vdi):
+            found.append(got)
+        elif got is not None:
+            large.append(got)
 
-    async def one(vid: int) -> None:
-        vdi = await _read_inode(client, vid)
-        if vdi is not None:
-            found.append(vdi)
+    async def whole(header: InodeHeader) -> None:
+        entries = await read_entries(client, "list", header)
+        found.append(Vdi(header.name, header, entries, trio.current_time()))
 
-    await run_all([lambda v=v: one(v) for v in vids], AT_ONCE)
+    await run_all([lambda h=h: whole(h) for h in large], AT_ONCE)
     found.sort(key=lambda v: v.vid)
     return found
 

@@ -201,10 +201,11 @@ class Request:
     def proto_ver(self) -> int:
         return INTERNAL_PROTO if self.opcode >= 0x80 else PUBLIC_PROTO
 
-    def header(self) -> bytes:
+    def header(self, id_: int | None = None) -> bytes:
+        """The 48 header bytes, under ``id_`` when given (the connection's, not ``id``)."""
+        rid = self.id if id_ is None else id_
         return (
-            _REQ.pack(self.proto_ver, self.opcode, self.flags, 0, self.id, self.data_length)
-            + self.body
+            _REQ.pack(self.proto_ver, self.opcode, self.flags, 0, rid, self.data_length) + self.body
         )
 
 
