@@ -44,7 +44,8 @@ class ChunkCache(ReadAhead, WriteBack):
         self._lru: OrderedDict[tuple[int, int], Chunk] = OrderedDict()
         self._by_file: dict[int, dict[int, Chunk]] = {}
         self._streams: dict[int, Stream] = {}
-        self._seq: dict[int, tuple[int, int]] = {}  # file id -> (next offset, bytes in a row)
+        #: file id -> (next offset, bytes read in a row, chunks below this index dropped)
+        self._seq: dict[int, tuple[int, int, int]] = {}
         self._behind: set[int] = set()  # ids of files with a write-behind under way
         self.used = 0
         self.bytes_written = 0

@@ -52,7 +52,7 @@ def _guarded(op: str, by_handle: bool = False) -> Callable[[F], F]:
     def wrap(method: F) -> F:
         @functools.wraps(method)
         async def guarded(self: SheepFS, *args: Any) -> Any:
-            who = functools.partial(self._who, args[0] if by_handle else None)
+            handle = args[0] if by_handle else None
             try:
                 return await method(self, *args)
             except pyfuse3.FUSEError:
@@ -63,11 +63,11 @@ def _guarded(op: str, by_handle: bool = False) -> Callable[[F], F]:
                 raise pyfuse3.FUSEError(errno_for(e)) from None
             except OSError as e:
                 self.errors += 1
-                log.error("%s%s failed: %s", op, who(), e)
+                log.error("%s%s failed: %s", op, self._who(handle), e)
                 raise pyfuse3.FUSEError(errno_for(e)) from None
             except Exception:
                 self.errors += 1
-                log.exception("%s%s failed unexpectedly", op, who())
+                log.exception("%s%s failed unexpectedly", op, self._who(handle))
                 raise pyfuse3.FUSEError(errno.EIO) from None
 
         return guarded  # type: ignore[return-value]

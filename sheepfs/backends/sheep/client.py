@@ -14,7 +14,7 @@ import socket
 from collections import deque
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -24,6 +24,7 @@ from .connection import Connection
 from .dial import Address, describe
 from .pending import ConnectionLost, Pending
 from .proto import FLAG_WRITE, RETRYABLE, Op, Reply, Request, Res, plain, result_name, stat_cluster
+from .stats import ClientStats
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 5.0
 #: First and longest pause between retries (RETRYABLE results, repeated connection losses).
 BACKOFF = (0.05, 1.0)
-LATENCY_WINDOW = 1024
 
 
 def op_name(opcode: int) -> str:
@@ -40,37 +40,6 @@ def op_name(opcode: int) -> str:
         return Op(opcode).name
     except ValueError:
         return f"op 0x{opcode:02x}"
-
-
-@dataclass
-class ClientStats:
-    """Counters for status output; latency percentiles cover the last LATENCY_WINDOW calls."""
-
-    requests: int = 0
-    failures: int = 0  # calls that raised
-    bytes_out: int = 0  # request payload bytes
-    bytes_in: int = 0  # reply payload bytes
-    connects: int = 0
-    reconnects: int = 0  # connections opened after one was lost
-    failovers: int = 0
-    resends: int = 0  # requests sent again after a lost connection
-    retries: int = 0  # requests sent again after a RETRYABLE result
-    timeouts: int = 0
-    latency_total: float = 0.0
-    latency_max: float = 0.0
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
-
-    def record(self, seconds: float) -> None:
-        self.latency_total += seconds
-        self.latency_max = max(self.latency_max, seconds)
-        self.latencies.append(seconds)
-
-    def percentile(self, q: float) -> float:
-        """The q-th percentile (0-100) of recent latencies in seconds, 0.0 with none."""
-        if not self.latencies:
-            return 0.0
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
 
 
 @dataclass
@@ -316,8 +285,15 @@ class SheepClient:
     # -- connections ------------------------------------------------------------------------
 
     def _least_loaded(self) -> Connection | None:
-        self._pool = [c for c in self._pool if not c.closed]
-        return min(self._pool, key=lambda c: c.load, default=None)
+        best, gone = None, False
+        for conn in self._pool:
+            if conn.closed:
+                gone = True
+            elif best is None or conn.load < best.load:
+                best = conn
+        if gone:
+            self._pool = [c for c in self._pool if not c.closed]
+        return best
 
     async def _connection(self, deadline: float, after_loss: bool = False) -> Connection:
         """The pooled connection with the least in flight; a new one (lazily, up to

@@ -81,10 +81,11 @@ class DataPath:
     async def read_into(self, vdi: Vdi, offset: int, buf: memoryview) -> int:
         """Fill ``buf`` from ``offset`` (clamped to the VDI's size); bytes read."""
         length = max(0, min(len(buf), vdi.size - offset))
-        if any(vdi.owner(i) == 0 for i, *_ in pieces(vdi, offset, length)) and vdi.stale:
+        parts = pieces(vdi, offset, length)
+        if vdi.stale and any(vdi.owner(i) == 0 for i, *_ in parts):
             await self.refresh(vdi)  # another client may have written those holes
         calls = []
-        for index, within, n, at in pieces(vdi, offset, length):
+        for index, within, n, at in parts:
             view = buf[at : at + n]
             if vdi.owner(index) == 0:
                 view[:] = bytes(n)
