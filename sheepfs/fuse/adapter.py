@@ -92,6 +92,9 @@ class SheepFS(pyfuse3.Operations):
         self.opts = opts
         self.errors = 0
         self.drop_behind = DropBehind()
+        #: Open directory handles and the listing each is reading through.
+        self._listings: dict[int, list[tuple[bytes, Attrs]]] = {}
+        self._last_dir = 0
         #: Run once, on the first request after FUSE's INIT (the kernel is set up by then).
         self.after_init: Callable[[], None] | None = None
 
@@ -170,18 +173,23 @@ class SheepFS(pyfuse3.Operations):
     async def opendir(self, inode, ctx):
         if inode != ROOT:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return inode
+        self._last_dir += 1
+        return self._last_dir
 
     @_guarded("readdir")
     async def readdir(self, fh, start_id, token):
-        entries = await self.core.readdir()
+        # The kernel asks a page of entries at a time (about 30 with their attributes):
+        # the listing is taken once per pass over the directory, not once per page.
+        entries = self._listings.get(fh)
+        if entries is None or start_id == 0:
+            entries = self._listings[fh] = await self.core.readdir()
         for i in range(start_id, len(entries)):
             name, attrs = entries[i]
             if not pyfuse3.readdir_reply(token, encode(name), self._entry(attrs), i + 1):
                 break
 
     async def releasedir(self, fh):
-        pass
+        self._listings.pop(fh, None)
 
     @_guarded("statfs")
     async def statfs(self, ctx):
