@@ -72,6 +72,10 @@ class Connection:
         self._scratch = memoryview(bytearray(_SCRATCH))
         self._rbuf = memoryview(bytearray(_RECV_BUFFER))
         self._rpos = self._rend = 0  # what of _rbuf is received and not yet taken
+        #: The last recv took less than it asked for: the socket was empty then, so the
+        #: next one waits for data first rather than fail (a raised BlockingIOError and a
+        #: wasted system call on every reply of a request-response exchange).
+        self._drained = True
 
     @classmethod
     async def open(
@@ -311,14 +315,18 @@ class Connection:
                 self._rpos += k
                 got += k
                 continue
-            direct = size - got >= _DIRECT
-            try:
-                k = self._sock.recv_into(view[got:] if direct else self._rbuf)
-            except BlockingIOError:
+            if self._drained:  # the last recv emptied the socket: wait before the next
                 await trio.lowlevel.wait_readable(self._sock)
+            direct = size - got >= _DIRECT
+            target = view[got:] if direct else self._rbuf
+            try:
+                k = self._sock.recv_into(target)
+            except BlockingIOError:
+                self._drained = True
                 continue
             if not k:
                 return got
+            self._drained = k < target.nbytes
             if direct:
                 got += k
             else:
