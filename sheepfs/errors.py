@@ -14,9 +14,12 @@ class BackendError(Exception):
 
     ``quiet``: a refusal the user asked for (``mkdir`` of an existing name, a lookup of a
     name that is not there), logged at debug level rather than as an error.
+    ``may_have_run``: the request reached the server and its outcome is unknown (it timed
+    out, or its connection broke): it may still take effect later.
     """
 
     errno = errno.EIO
+    may_have_run = False
 
     def __init__(
         self, op: str, name: bytes | None = None, detail: str = "", quiet: bool = False

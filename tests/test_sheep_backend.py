@@ -6,6 +6,7 @@ ends with the fake's list of broken rules empty."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +18,7 @@ import trio
 from sheepfs.backends.base import Layout
 from sheepfs.backends.sheep import SheepBackend
 from sheepfs.core.filesystem import CoreConfig, Filesystem
-from sheepfs.errors import NoSpace, Timeout
+from sheepfs.errors import NoSpace, Timeout, Unavailable
 from sheepfs.spool import Spool
 from tests.fakesheep import RunningFake, fake_cluster
 
@@ -207,3 +208,24 @@ async def test_a_failure_among_many_pieces_is_raised_as_itself(tmp_path):
             await backend.write(b"m", 0, os.urandom(12 * MiB))
         await backend.write(b"m", 0, b"fine")  # the next write has room again
         assert await backend.read(b"m", 0, 4) == b"fine"
+
+
+async def test_a_cut_off_create_holds_back_the_next_write_to_its_object(tmp_path, caplog):
+    """Rule 22: a create whose reply was lost may still run; no other write goes to that
+    object for one more deadline (a late create would replace it), others go at once."""
+    caplog.set_level(logging.INFO, logger="sheepfs")
+    first, second, other = os.urandom(MiB), os.urandom(MiB), os.urandom(MiB)
+    async with fake_and_core(tmp_path, timeout=1.0) as (fake, fs):
+        backend = fs.files.backend
+        await backend.create(b"q", 8 * MiB)
+        fake.control.close_next_reply(0, where="header", op="CREATE_AND_WRITE_OBJ")
+        with pytest.raises(Unavailable, match="may or may not have run"):
+            await backend.write(b"q", 0, first)
+        began = trio.current_time()
+        await backend.write(b"q", 4 * MiB, other)  # another object: not held back
+        assert trio.current_time() - began < 0.5
+        await backend.write(b"q", 0, second)
+        assert trio.current_time() - began >= 0.8
+        assert stored(fake, b"q", MiB) == second
+        assert fake.control.read_vdi("q", 4 * MiB, MiB) == other
+    assert any("may still run (rule 22)" in r.getMessage() for r in caplog.records)

@@ -255,7 +255,9 @@ class SheepClient:
         log.info("connection to sheep %s lost: %s", where, e.why)
         if e.sent and not c.resend:
             why = f"the connection to sheep {where} broke ({e.why}) with the request in flight"
-            raise Unavailable(c.name, None, f"{why}: it may or may not have run") from e
+            error = Unavailable(c.name, None, f"{why}: it may or may not have run")
+            error.may_have_run = True
+            raise error from e
         self.stats.resends += e.sent
 
     def _retrying(self, c: _Call, conn: Connection, reply: Reply) -> None:
@@ -280,7 +282,11 @@ class SheepClient:
             return Timeout(c.name, None, f"not sent within {self.timeout:g} s ({c.phase})")
         c.conn.close(f"{c.name} timed out")
         why = f"sheep {describe(c.conn.address)} did not answer within {self.timeout:g} s"
-        return Timeout(c.name, None, f"{why}; the connection was closed, the request may still run")
+        error = Timeout(
+            c.name, None, f"{why}; the connection was closed, the request may still run"
+        )
+        error.may_have_run = True
+        return error
 
     # -- connections ------------------------------------------------------------------------
 

@@ -141,6 +141,7 @@ class DataPath:
             if pending is None:
                 break
             await pending.wait()  # one allocating write per object in flight (rule 12)
+        await self._settled(vdi, index)
         owner = vdi.owner(index)
         if owner == vdi.vid:
             if not await self._write_in_place(vdi, index, within, data):
@@ -150,9 +151,28 @@ class DataPath:
         done = vdi.allocating[index] = trio.Event()
         try:
             await self._allocate(vdi, index, within, data, owner)
+        except BackendError as e:
+            if e.may_have_run:  # a late create would replace what we write next (rule 22)
+                vdi.unsettled[index] = trio.current_time() + self.client.timeout
+            raise
         finally:
             del vdi.allocating[index]
             done.set()
+
+    async def _settled(self, vdi: Vdi, index: int) -> None:
+        """Wait until a create of object ``index`` that was cut off can no longer land."""
+        until = vdi.unsettled.get(index)
+        if until is None:
+            return
+        wait = until - trio.current_time()
+        if wait > 0:
+            log.info(
+                "%r: waiting %.0f s before writing object %d again: its create was cut off"
+                " and may still run (rule 22)",
+                vdi.name, wait, index,
+            )  # fmt: skip
+            await trio.sleep(wait)
+        vdi.unsettled.pop(index, None)
 
     async def _allocate(
         self, vdi: Vdi, index: int, within: int, data: memoryview, owner: int

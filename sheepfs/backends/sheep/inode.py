@@ -35,6 +35,9 @@ class Vdi:
     loaded_at: float = 0.0
     #: Objects whose allocating write (CREATE_AND_WRITE_OBJ + index) is under way.
     allocating: dict[int, trio.Event] = field(default_factory=dict)
+    #: Objects whose create was cut off (timed out, or its connection broke) and may still
+    #: run, by when it must have (rule 22): no other write goes to them before that.
+    unsettled: dict[int, float] = field(default_factory=dict)
 
     @property
     def vid(self) -> int:
