@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,6 +32,7 @@ async def fake_and_core(
     tmp_path: Path, addresses: int = 1, timeout: float = 10, **config
 ) -> AsyncIterator[tuple[RunningFake, Filesystem]]:
     async with fake_cluster(nodes=3) as fake:
+        fake.control.set_knob("strict_client", True)  # the checks dog itself would fail too
         backend = SheepBackend([fake.address(i) for i in range(addresses)], timeout=timeout)
         config.setdefault("cache_size", 16 * MiB)
         fs = Filesystem(backend, Spool(tmp_path / "spool"), CoreConfig(**config))
@@ -185,8 +187,7 @@ async def test_space_is_what_fits_not_the_raw_sum(tmp_path):
 
 
 async def test_writes_to_a_snapshot_vid_are_refused(tmp_path):
-    """A vid that became a snapshot under us answers READONLY; with no newer working
-    VDI to move to (it was deleted), the write fails instead of looping."""
+    """After our own snapshot the next write goes to the new working vid (not rule 29)."""
     async with fake_and_core(tmp_path) as (fake, fs):
         backend = fs.files.backend
         await backend.create(b"s", 4 * MiB)
@@ -229,3 +230,18 @@ async def test_a_cut_off_create_holds_back_the_next_write_to_its_object(tmp_path
         assert stored(fake, b"q", MiB) == second
         assert fake.control.read_vdi("q", 4 * MiB, MiB) == other
     assert any("may still run (rule 22)" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_corrupt_hyper_volume_does_not_hide_the_others_from_a_listing(caplog):
+    """Its index is read only for the space it uses: a corrupt one (root depth 3, rule
+    35) is listed with nothing used and a warning, and every other VDI is still listed."""
+    from tests.test_sheep_rules_data import BTREE_MAGIC, S, fake_and_backend, raw, set_root
+
+    async with fake_and_backend() as (fake, backend):
+        async with await raw(fake) as conn:
+            vid = (await conn.new_vdi("bad", 8 * S, store=1)).vdi_id
+            await set_root(conn, vid, struct.pack("<HHI", BTREE_MAGIC, 3, 5))
+        await backend.create(b"fine", S)
+        listed = await backend.list()
+    assert set(listed) == {b"bad", b"fine"} and listed[b"bad"].used == 0
+    assert any("shown with nothing used" in r.getMessage() for r in caplog.records)

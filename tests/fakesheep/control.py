@@ -84,7 +84,8 @@ class Control:
         return dict(self.cluster.op_counts)
 
     def requests(self, clear: bool = False) -> list[dict[str, object]]:
-        """The last requests served (node, op, id, flags, oid, offset, data_length, result)."""
+        """The last requests served (node, op, id, flags, oid, offset, data_length, result;
+        copies and copy_policy of object ops, None for other ops)."""
         out = list(self.cluster.requests)
         if clear:
             self.cluster.requests.clear()
@@ -209,7 +210,8 @@ class Control:
         self._st.cinfo.status = _STATUS[status]
 
     def set_knob(self, name: str, value: object) -> None:
-        """``past_end`` ("crash" or "serve"), ``snapshot_race`` (seconds)."""
+        """``past_end`` ("crash" or "serve"), ``snapshot_race`` (seconds), ``strict_client``
+        (bool: also flag what dog breaks, ``rules.py``)."""
         knobs = self._st.knobs
         if not hasattr(knobs, name):
             raise AttributeError(f"no knob {name!r}")

@@ -85,13 +85,19 @@ def check_bounds(st: ClusterState, node: int, req: Request, cow: bool = False) -
 
 
 def check_policy(st: ClusterState, node: int, req: Request) -> None:
-    """Rule 9: object ops send copy_policy 0 (p = 0 panics an erasure-coded request)."""
-    policy = req.obj_copy_policy
+    """Rules 9 and 27: object ops send copy_policy 0 (p = 0 panics an erasure-coded
+    request) and copies 0 (sheep uses a non-zero count as given). dog sends the VDI's own
+    values, so only other values are recorded, unless the ``strict_client`` knob is on."""
+    policy, copies, vid = req.obj_copy_policy, req.obj_copies, oid_to_vid(req.oid)
     if policy and not policy & 0x0F and is_erasure_oid(st, req.oid):
         raise WouldCrash("copy-policy", f"object op with copy_policy 0x{policy:02x}: p = 0")
-    if policy and policy != st.copy_policy_of(oid_to_vid(req.oid)):
+    strict = st.knobs.strict_client
+    if policy and (strict or policy != st.copy_policy_of(vid)):
         detail = f"{req.oid:016x} with copy_policy 0x{policy:02x} (rule 9)"
         st.record("object-copy-policy", node, op_name(req.opcode), detail, False)
+    if copies and (strict or copies != st.copies_of(vid)):
+        detail = f"{req.oid:016x} with copies {copies} (rule 27)"
+        st.record("object-copies", node, op_name(req.opcode), detail, False)
 
 
 def check_inode_write(st: ClusterState, node: int, req: Request) -> None:

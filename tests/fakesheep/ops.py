@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
-from . import gateway, ops_node, ops_vdi
+from . import gateway, ops_node, ops_vdi, rules
 from .ops_vdi import Ctx
 from .proto import (
     SD_PROTO_VER,
@@ -205,6 +205,7 @@ def _gateway_check(st: ClusterState, req: Request) -> int | None:
 def run(ctx: Ctx, req: Request, data: bytes) -> Generator[float, None, Reply]:
     """One request, start to end: yields seconds to wait, returns the reply. May raise
     ``WouldCrash``."""
+    rules.check_strict(ctx.st, ctx.node.index, req)
     early = precheck(ctx.st, req)
     if early is not None:
         return Reply(early)

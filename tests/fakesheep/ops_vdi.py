@@ -42,14 +42,19 @@ def _tag_of(data: bytes, length: int) -> tuple[bool, bytes | None]:
     return False, None
 
 
-def check_name(ctx: Ctx, op: str, raw: bytes) -> None:
-    """Rule 10: 1-255 bytes, then NUL padding (sheep runs strlen and %s on it)."""
-    if raw[:1] in (b"", b"\0"):
-        ctx.st.record(
-            "empty-name", ctx.node.index, op, "an empty name matches deleted inodes", False
-        )
-    elif b"\0" not in raw[:MAX_VDI_LEN]:
-        ctx.st.record("name-not-terminated", ctx.node.index, op, "256 name bytes, no NUL", False)
+def check_name(ctx: Ctx, op: str, raw: bytes, what: str = "name") -> None:
+    """Rule 10: names and tags are 1-255 bytes, then NUL padding (sheep runs strlen and
+    %s on them; an empty name matches deleted inodes). An empty tag is no tag."""
+    end = raw.find(b"\0")
+    if what == "name" and raw[:1] in (b"", b"\0"):
+        kind, detail = "empty-name", "an empty name matches deleted inodes"
+    elif end < 0:
+        kind, detail = f"{what}-not-terminated", f"{len(raw)} {what} bytes, no NUL"
+    elif raw[end:].strip(b"\0"):
+        kind, detail = f"{what}-padding", f"bytes after the NUL that ends the {what}"
+    else:
+        return
+    ctx.st.record(kind, ctx.node.index, op, detail, False)
 
 
 def _name_iocb(ctx: Ctx, req: Request, data: bytes, op: str) -> VdiIocb | None:
@@ -57,6 +62,8 @@ def _name_iocb(ctx: Ctx, req: Request, data: bytes, op: str) -> VdiIocb | None:
     if not ok:
         return None
     check_name(ctx, op, data[:MAX_VDI_LEN])
+    if tag is not None:
+        check_name(ctx, op, tag, "tag")
     return VdiIocb(name=data[:MAX_VDI_LEN].ljust(MAX_VDI_LEN, b"\0"), tag=tag, snapid=req.snapid)
 
 
@@ -88,6 +95,9 @@ def op_new_vdi(ctx: Ctx, req: Request, data: bytes) -> Generator[float, None, Re
     if req.data_length != MAX_VDI_LEN:
         return Reply(Res.INVALID_PARMS, rsp_vdi(0, 0, iocb.nr_copies, iocb.block_size_shift))
     check_name(ctx, "NEW_VDI", data[:MAX_VDI_LEN])
+    if req.copies and req.copy_policy and req.copy_policy >> 4 not in (1, 2, 4, 8):
+        detail = f"copy_policy 0x{req.copy_policy:02x}: d is not 2, 4, 8 or 16 (rule 9)"
+        st.record("vdi-copy-policy", ctx.node.index, "NEW_VDI", detail, False)
     if req.block_size_shift and not 20 <= req.block_size_shift <= 31:
         detail = f"block_size_shift {req.block_size_shift} (rule 11)"
         st.record("block-size-shift", ctx.node.index, "NEW_VDI", detail, False)

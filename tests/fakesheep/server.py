@@ -19,6 +19,7 @@ from . import ops
 from .faults import Faults
 from .ops_vdi import Ctx
 from .proto import HDR_SIZE, Op, Reply, Request, Res, op_name, res_name
+from .rules import EcWrites
 from .state import ClusterState, NodeInfo, WouldCrash
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class FakeCluster:
         self.op_counts: Counter[str] = Counter()
         self.requests: deque[dict[str, object]] = deque(maxlen=REQUEST_LOG)
         self._creating: Counter[int] = Counter()  # oids with a CREATE in flight
+        self._ec_writes = EcWrites()  # rule 13
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -218,9 +220,11 @@ class FakeCluster:
         injected = self.faults.take_injection(index, req.opcode)
         if creating:
             self._creating[req.oid] += 1
+        ec = self._ec_writes.begin(self.state, index, req)
         try:
             reply = await self._reply_for(node, req, data, injected, lost)
         finally:
+            self._ec_writes.end(ec)
             if creating:
                 self._creating[req.oid] -= 1
         if reply is None:
@@ -299,6 +303,7 @@ class FakeCluster:
         self.node_down(index)
 
     def _log_request(self, index: int, req: Request, reply: Reply) -> None:
+        obj = Op.CREATE_AND_WRITE_OBJ <= req.opcode <= Op.DISCARD_OBJ
         self.requests.append(
             {
                 "node": index,
@@ -308,6 +313,8 @@ class FakeCluster:
                 "oid": req.oid,
                 "offset": req.offset,
                 "data_length": req.data_length,
+                "copies": req.obj_copies if obj else None,  # object ops only
+                "copy_policy": req.obj_copy_policy if obj else None,
                 "result": res_name(reply.result),
             }
         )

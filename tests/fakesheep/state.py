@@ -101,6 +101,10 @@ class Knobs:
     #: seconds between reading the base inode and writing it back in a snapshot, so index
     #: writes landing meanwhile are lost as in sheep (protocol.md rule 15); 0 = atomic
     snapshot_race: float = 0.0
+    #: also flag what ``dog`` itself sends but protocol.md §1 forbids a client: copies or
+    #: copy_policy in object ops (rules 27, 9), a 256-byte name payload (rule 5), internal
+    #: ops outside §5.2 or other buffer sizes than dog's (rule 6); see ``rules.py``
+    strict_client: bool = False
 
 
 @dataclass

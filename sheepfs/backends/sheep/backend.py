@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import struct
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 
 import trio
@@ -163,7 +163,15 @@ class SheepBackend(Backend):
             if not vdi.header.is_snapshot:
                 self._remember(vdi.name, vdi)
                 out[vdi.name] = to_info(vdi.name, vdi)
+        self._forget_unlisted(out)
         return out
+
+    def _forget_unlisted(self, listed: dict[bytes, VdiInfo]) -> None:
+        """Drop cached VDIs the listing no longer shows: deleted by someone else, their vid
+        may be reused by another name (rule 32). Not one with a write of ours under way."""
+        for name, vdi in list(self._vdis.items()):
+            if name not in listed and not vdi.allocating and not vdi.unsettled:
+                del self._vdis[name]
 
     async def lookup(self, name: bytes) -> VdiInfo | None:
         check_name("lookup", name)
@@ -177,6 +185,8 @@ class SheepBackend(Backend):
     async def create(self, name: bytes, size: int, layout: Layout | None = None) -> None:
         check_name("create", name)
         shift = layout.block_size_shift if layout else 0
+        if shift and not 20 <= shift <= 31:  # the sheep shifts by it unchecked (rule 11)
+            raise InvalidArgument("create", name, f"object size 2^{shift}: only 2^20..2^31")
         limit = (1 << (shift or self._default_shift)) * MAX_OBJECTS
         if size > limit:
             raise TooLarge("create", name, f"VDI size is larger than {limit} bytes")
@@ -266,11 +276,20 @@ class SheepBackend(Backend):
         h = await read_header(self.client, "snapshot", vid)
         if h.hyper:
             raise NotPermitted("snapshot", name, "snapshot of hypervolume is not supported")
+        vdi = self._vdis.get(name)
+        if vdi is None or vdi.vid != vid or self._data is None:
+            await self._snapshot_vid(name, raw, vid, h)
+            self._vdis.pop(name, None)
+            return
+        async with self._data.quiesced(vdi):  # no create+index pair may race it (rule 15)
+            await self._data.moved(vdi, await self._snapshot_vid(name, raw, vid, h))
+
+    async def _snapshot_vid(self, name: bytes, raw: bytes, vid: int, h: InodeHeader) -> int:
+        """Tag working vid ``vid`` and make a new working VDI on it; the new vid."""
         req = proto.obj_write(proto.ioid(vid), 256, proto.pad(raw))
         proto.checked("snapshot", name, await self.client.call(req))
-        req = proto.vdi_request(Op.NEW_VDI, name, snapid=1, base_vdi_id=vid, **_like(h))
-        proto.checked("snapshot", name, await self.client.call(req, resend=False))
-        self._vdis.pop(name, None)
+        req = proto.vdi_request(Op.NEW_VDI, name, snapid=1, base_vdi_id=vid, **h.like())
+        return proto.checked("snapshot", name, await self.client.call(req, resend=False)).vdi_id
 
     async def clone(self, name: bytes, tag: str, new_name: bytes) -> None:
         check_name("clone", name)
@@ -281,7 +300,7 @@ class SheepBackend(Backend):
         h = await read_header(self.client, "clone", base)
         if not h.is_snapshot:
             raise InvalidArgument("clone", name, "only a snapshot can be cloned")
-        req = proto.vdi_request(Op.NEW_VDI, new_name, base_vdi_id=base, **_like(h))
+        req = proto.vdi_request(Op.NEW_VDI, new_name, base_vdi_id=base, **h.like())
         reply = await self.client.call(req, resend=False)
         if reply.result == Res.VDI_EXIST:
             raise Exists("clone", new_name, "VDI exists already")
@@ -309,12 +328,23 @@ class SheepBackend(Backend):
         n = await self.read_into(name, offset, memoryview(buf))
         return buf if n == length else buf[:n]
 
+    @contextlib.contextmanager
+    def _forgotten_if_gone(self, name: bytes) -> Iterator[None]:
+        """A VDI found gone is not served from the cache again: its vid may belong to
+        another VDI by now (rule 32)."""
+        try:
+            yield
+        except NotFound:
+            self._vdis.pop(name, None)
+            raise
+
     async def read_into(self, name: bytes, offset: int, buf: memoryview) -> int:
-        vdi = await self._covering("read", name, offset + len(buf))
-        if offset > vdi.size:
-            raise InvalidArgument("read", name, "Read offset is beyond the end of the VDI")
-        assert self._data is not None
-        return await self._data.read_into(vdi, offset, buf)
+        with self._forgotten_if_gone(name):
+            vdi = await self._covering("read", name, offset + len(buf))
+            if offset > vdi.size:
+                raise InvalidArgument("read", name, "Read offset is beyond the end of the VDI")
+            assert self._data is not None
+            return await self._data.read_into(vdi, offset, buf)
 
     @asynccontextmanager
     async def read_stream(
@@ -351,21 +381,11 @@ class SheepBackend(Backend):
         length = sum(len(p) for p in parts)
         if not length:
             return
-        vdi = await self._covering("write", name, offset + length)
-        assert self._data is not None
-        await self._data.write(vdi, offset, parts)
+        with self._forgotten_if_gone(name):
+            vdi = await self._covering("write", name, offset + length)
+            assert self._data is not None
+            await self._data.write(vdi, offset, parts)
 
 
 async def _read_to(box: list[bytes], read: Callable[[int, int], bytes], window: tuple[int, int]):
     box.append(await trio.to_thread.run_sync(read, *window))
-
-
-def _like(h: InodeHeader) -> dict[str, int]:
-    """NEW_VDI fields that make a snapshot or clone keep the base's layout (rule 19)."""
-    return {
-        "vdi_size": h.vdi_size,
-        "copies": h.nr_copies,
-        "copy_policy": h.copy_policy,
-        "store_policy": h.store_policy,
-        "block_size_shift": h.block_size_shift,
-    }

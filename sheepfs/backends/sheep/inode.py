@@ -38,6 +38,16 @@ class Vdi:
     #: Objects whose create was cut off (timed out, or its connection broke) and may still
     #: run, by when it must have (rule 22): no other write goes to them before that.
     unsettled: dict[int, float] = field(default_factory=dict)
+    #: Erasure-coded VDIs only: held around every write to an object, so that no two are
+    #: in flight to one object, whichever call they come from (rule 13).
+    object_locks: dict[int, trio.Lock] = field(default_factory=dict)
+    #: Held by the one READONLY repair at a time (the others wait, then redo their piece).
+    repairing: trio.Lock = field(default_factory=trio.Lock)
+    #: Set while a snapshot we take is under way: no new piece starts (rule 15).
+    frozen: trio.Event | None = None
+    #: Entries published while an index read is under way, one dict per read: the read
+    #: may have missed them, so they are kept over what it read.
+    watching: list[dict[int, int]] = field(default_factory=list)
 
     @property
     def vid(self) -> int:
@@ -62,6 +72,8 @@ class Vdi:
         if index >= len(self.entries):
             self.entries.extend([0] * (index + 1 - len(self.entries)))
         self.entries[index] = vid
+        for seen in self.watching:
+            seen[index] = vid
 
     @property
     def stale(self) -> bool:
@@ -113,12 +125,12 @@ async def _read_btree(client: SheepClient, op: str, header: InodeHeader) -> dict
     magic, depth, count = struct.unpack_from("<HHI", root.payload)
     if magic != _BTREE_MAGIC and (magic, depth, count) != (0, 0, 0):
         raise BackendError(op, header.name, f"corrupt hyper volume index (magic {magic:#x})")
+    if magic and depth not in (1, 2):  # rule 35: whatever the entry count
+        raise BackendError(op, header.name, f"corrupt hyper volume index (depth {depth})")
     if count == 0:
         return {}
     if depth == 1:
         return await _read_leaf(client, op, header.name, oid, INDEX_OFFSET + 8, count)
-    if depth != 2:
-        raise BackendError(op, header.name, f"corrupt hyper volume index (depth {depth})")
     req = proto.obj_read(oid, INDEX_OFFSET + 8, 16 * count)
     data = proto.checked(op, header.name, await client.call(req)).payload
     entries: dict[int, int] = {}

@@ -72,7 +72,11 @@ async def list_vdis(client: SheepClient) -> list[Vdi]:
             large.append(got)
 
     async def whole(header: InodeHeader) -> None:
-        entries = await read_entries(client, "list", header)
+        try:
+            entries = await read_entries(client, "list", header)
+        except BackendError as e:  # one bad index must not hide every other VDI
+            log.warning("listing: %s; %r is shown with nothing used", e, header.name)
+            entries = {} if header.hyper else []
         found.append(Vdi(header.name, header, entries, trio.current_time()))
 
     await run_all([lambda h=h: whole(h) for h in large], AT_ONCE)

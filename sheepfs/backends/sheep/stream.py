@@ -2,7 +2,8 @@
 
 Each piece is read by a task of its own; at most ``AHEAD`` pieces are read or waiting at a
 time, so a reader that stops reading stops the requests too. A failed piece is raised to
-the reader when it gets to that piece, as the error it is (no exception group).
+the reader when it gets to that piece, as the error it is (no exception group); a short
+piece is the VDI's end, and ends the stream (those after it asked past the end).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ Reader = Callable[[bytes, int, int], Awaitable[bytes | bytearray]]
 
 @dataclass
 class _Slot:
+    wanted: int
     done: trio.Event = field(default_factory=trio.Event)
     data: bytes | bytearray = b""
     error: BaseException | None = None
@@ -50,7 +52,7 @@ async def prefetch(
         def refill() -> None:
             while ranges and len(slots) < AHEAD:
                 pos, n = ranges.popleft()
-                slot = _Slot()
+                slot = _Slot(n)
                 slots.append(slot)
                 nursery.start_soon(fetch, slot, pos, n)
 
@@ -66,6 +68,8 @@ async def prefetch(
                 if not slot.data:
                     return
                 yield slot.data
+                if len(slot.data) < slot.wanted:
+                    return  # the VDI ends here: pieces past its end are not reads (rule 26)
 
         yield pieces()
         nursery.cancel_scope.cancel()

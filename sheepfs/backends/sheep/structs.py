@@ -48,6 +48,16 @@ class InodeHeader:
             parent,
         )
 
+    def like(self) -> dict[str, int]:
+        """NEW_VDI fields that make a snapshot or clone keep this layout (rule 19)."""
+        return {
+            "vdi_size": self.vdi_size,
+            "copies": self.nr_copies,
+            "copy_policy": self.copy_policy,
+            "store_policy": self.store_policy,
+            "block_size_shift": self.block_size_shift,
+        }
+
     @property
     def is_snapshot(self) -> bool:
         return self.snap_ctime != 0
