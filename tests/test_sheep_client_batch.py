@@ -127,3 +127,13 @@ async def test_a_request_waiting_for_room_times_out_unsent(nursery):
             assert 0.25 < trio.current_time() - began < 0.6
             n.cancel_scope.cancel()
     assert len(sheep.peers) == 1  # the connection stayed: nothing of the request was sent
+
+
+async def test_call_many_gives_each_request_its_own_deadline(nursery):
+    """Many requests answered one after the other take longer than the timeout together:
+    each has the timeout from when it goes out, not from when the batch began."""
+    sheep = await start(nursery, lambda peer: answer_all(peer, delay=0.05))
+    async with SheepClient([sheep.address], timeout=0.3, connections=1, max_in_flight=1) as c:
+        began = trio.current_time()
+        replies = await c.call_many([read(oid, 10) for oid in range(10)])
+    assert trio.current_time() - began > 0.45 and all(r.ok for r in replies)

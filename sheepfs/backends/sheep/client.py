@@ -141,11 +141,11 @@ class SheepClient:
         if self._nursery is None:
             raise RuntimeError("use SheepClient as `async with SheepClient(...) as client`")
         replies: list[Reply | None] = [None] * len(reqs)
-        deadline = trio.current_time() + self.timeout
         waiting: deque[tuple[int, Pending]] = deque()
         sent = 0
         while sent < len(reqs) or waiting:
             while sent < len(reqs):
+                deadline = trio.current_time() + self.timeout  # each request its own
                 try:
                     conn = await self._connection(deadline)
                     if waiting and not conn.has_room():
