@@ -139,8 +139,8 @@ class Connection:
 
     async def _send(self, batch: list[tuple[Request, Pending, list[memoryview]]]) -> None:
         """Register and send requests that hold room, under the send lock (taken without a
-        yield when nobody holds it). Once a first byte is out, only the watchdog (closing
-        the socket) stops the send."""
+        yield when nobody holds it). A send cut off after its first byte (cancelled, or
+        its socket closed by the watchdog) closes the connection: the stream is out of step."""
         bufs: list[memoryview] = []
         for req, pending, views in batch:
             rid = self._fresh_id()
