@@ -35,19 +35,6 @@ MiB = 1 << 20
 RECORDED_PORTS = [17200, 17201, 17202]
 
 
-@pytest.fixture
-async def fake():
-    async with fake_cluster(nodes=3) as f:
-        yield f
-
-
-@pytest.fixture
-async def conn(fake):
-    c = await SheepConn.open(fake.ports[0])
-    yield c
-    await c.aclose()
-
-
 def _ports_free(ports: list[int]) -> bool:
     for p in ports:
         with socket.socket() as s:

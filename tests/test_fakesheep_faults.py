@@ -28,19 +28,6 @@ MiB = 1 << 20
 DEAD = (EOFError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-@pytest.fixture
-async def fake():
-    async with fake_cluster(nodes=3) as f:
-        yield f
-
-
-@pytest.fixture
-async def conn(fake):
-    c = await SheepConn.open(fake.ports[0])
-    yield c
-    await c.aclose()
-
-
 async def _vdi_with_object(conn: SheepConn, name: str = "v") -> int:
     vid = (await conn.new_vdi(name, 16 * MiB)).vdi_id
     await conn.create_obj(vid_to_data_oid(vid, 0), 0, b"old!")

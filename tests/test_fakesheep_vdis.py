@@ -26,19 +26,6 @@ pytestmark = pytest.mark.timeout(120)
 MiB = 1 << 20
 
 
-@pytest.fixture
-async def fake():
-    async with fake_cluster(nodes=3) as f:
-        yield f
-
-
-@pytest.fixture
-async def conn(fake):
-    c = await SheepConn.open(fake.ports[0])
-    yield c
-    await c.aclose()
-
-
 async def _vdi(conn: SheepConn, name: str = "v", size: int = 16 * MiB) -> int:
     rsp = await conn.new_vdi(name, size)
     assert rsp.result == Res.SUCCESS

@@ -110,7 +110,7 @@ class Connection:
         costs a pass of the scheduler, a large part of a small request's cost.
         """
         pending, bufs = prepared(req, into, deadline)
-        if self._admit.locked() or not self._fits(pending.cost) or self.closed:
+        if not self._free_for(pending.cost):
             with trio.fail_at(deadline):
                 await self._reserve(pending.cost)
         else:
@@ -128,7 +128,7 @@ class Connection:
         batch = []
         for req in reqs:
             pending, bufs = prepared(req, None, deadline)
-            if self._admit.locked() or self.closed or not self._fits(pending.cost):
+            if not self._free_for(pending.cost):
                 break
             self._take(pending.cost)
             batch.append((req, pending, bufs))
@@ -180,7 +180,12 @@ class Connection:
 
     def has_room(self) -> bool:
         """Whether a small request would go out now, without waiting."""
-        return not (self._admit.locked() or self.closed) and self._fits(0)
+        return self._free_for(0)
+
+    def _free_for(self, cost: int) -> bool:
+        """Whether a request of ``cost`` may take room now, without waiting (nobody is
+        waiting before it, first come first admitted)."""
+        return not (self._admit.locked() or self.closed) and self._fits(cost)
 
     def _fits(self, cost: int) -> bool:
         if not self.in_flight:

@@ -162,12 +162,17 @@ class DataPath:
         try:
             await self._allocate(vdi, index, within, data)
         except BackendError as e:
-            if e.may_have_run:  # a late create would replace what we write next (rule 22)
-                vdi.unsettled[index] = trio.current_time() + self.client.timeout
+            self._unsettle(vdi, index, e)
             raise
         finally:
             del vdi.allocating[index]
             done.set()
+
+    def _unsettle(self, vdi: Vdi, index: int, error: BackendError) -> None:
+        """A create of object ``index`` failed with ``error``: if it may still run, a late
+        one would replace what we write there next, so hold writes back (rule 22)."""
+        if error.may_have_run:
+            vdi.unsettled[index] = trio.current_time() + self.client.timeout
 
     async def _claim(self, vdi: Vdi, index: int) -> None:
         """Wait until object ``index`` may be written: no create of it in flight (rule 12)
@@ -304,8 +309,7 @@ class DataPath:
                 try:
                     reply = await self.client.call(req, resend=False)
                 except BackendError as e:
-                    if e.may_have_run:  # as for any create (rule 22)
-                        vdi.unsettled[index] = trio.current_time() + self.client.timeout
+                    self._unsettle(vdi, index, e)
                     raise
                 if not reply.ok:
                     raise proto.error_for("write", vdi.name, reply.result)
