@@ -143,20 +143,10 @@ class SheepClient:
         replies: list[Reply | None] = [None] * len(reqs)
         waiting: deque[tuple[int, Pending]] = deque()
         sent = 0
+        refill = max(1, self.connections * self.max_in_flight // 2)
         while sent < len(reqs) or waiting:
-            while sent < len(reqs):
-                deadline = trio.current_time() + self.timeout  # each request its own
-                try:
-                    conn = await self._connection(deadline)
-                    if waiting and not conn.has_room():
-                        break
-                    batch = await conn.submit_all(reqs[sent:], deadline)
-                except trio.TooSlowError:
-                    raise Timeout("call", None, f"not sent within {self.timeout:g} s") from None
-                except ConnectionLost:
-                    break  # what is waiting fails too, and goes again through call()
-                waiting.extend(enumerate(batch, sent))
-                sent += len(batch)
+            if len(waiting) <= refill:  # in batches once half the room is free, not one per reply
+                sent = await self._send_many(reqs, sent, waiting)
             if not waiting:  # the connection broke before the next one went out
                 replies[sent] = await self.call(reqs[sent])
                 sent += 1
@@ -164,6 +154,26 @@ class SheepClient:
             k, pending = waiting.popleft()
             replies[k] = await self._one_of_many(reqs[k], pending)
         return replies  # type: ignore[return-value]
+
+    async def _send_many(
+        self, reqs: Sequence[Request], sent: int, waiting: deque[tuple[int, Pending]]
+    ) -> int:
+        """Send what there is room for of ``reqs[sent:]`` (a connection's worth per system
+        call), adding the pendings to ``waiting``; how many of ``reqs`` are sent now."""
+        while sent < len(reqs):
+            deadline = trio.current_time() + self.timeout  # each request its own
+            try:
+                conn = await self._connection(deadline)
+                if waiting and not conn.has_room():
+                    break
+                batch = await conn.submit_all(reqs[sent : sent + self.max_in_flight], deadline)
+            except trio.TooSlowError:
+                raise Timeout("call", None, f"not sent within {self.timeout:g} s") from None
+            except ConnectionLost:
+                break  # what is waiting fails too, and goes again through call()
+            waiting.extend(enumerate(batch, sent))
+            sent += len(batch)
+        return sent
 
     async def _one_of_many(self, req: Request, pending: Pending) -> Reply:
         try:

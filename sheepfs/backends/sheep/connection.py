@@ -244,12 +244,17 @@ class Connection:
         burst = 0
         try:
             while True:
-                got = await self._recv_exact(header)
-                if got == 0:
-                    break
-                if got < HEADER_SIZE:
-                    raise ConnectionLost("the sheep closed the connection in a reply header")
-                await self._dispatch(Reply.parse(header))
+                if self._rend - self._rpos >= HEADER_SIZE:  # received with an earlier one
+                    rsp = Reply.parse(self._rbuf[self._rpos : self._rpos + HEADER_SIZE])
+                    self._rpos += HEADER_SIZE
+                else:
+                    got = await self._recv_exact(header)
+                    if got == 0:
+                        break
+                    if got < HEADER_SIZE:
+                        raise ConnectionLost("the sheep closed the connection in a reply header")
+                    rsp = Reply.parse(header)
+                await self._dispatch(rsp)
                 burst += 1
                 if burst >= _BURST:  # replies keep coming: let the woken callers run
                     burst = 0
@@ -287,6 +292,9 @@ class Connection:
             return b""
         if pending.into is not None:
             view = pending.into if n == pending.into.nbytes else pending.into[:n]
+        elif self._rend - self._rpos >= n:  # received already: one copy, no zero fill
+            self._rpos += n
+            return bytes(self._rbuf[self._rpos - n : self._rpos])
         else:
             view = memoryview(bytearray(n))
         if await self._recv_exact(view, pending) < n:

@@ -98,6 +98,8 @@ def prepared(
     req: Request, into: memoryview | bytearray | None, deadline: float
 ) -> tuple[Pending, list[memoryview]]:
     """The pending of ``req`` (room it needs, where its reply goes) and its payload views."""
+    if into is None and not req.flags & FLAG_WRITE and not req.payload:  # a plain read
+        return Pending(req.data_length, req.data_length, None, deadline), []
     views = payload_views(req)
     expected = 0 if req.flags & FLAG_WRITE else req.data_length
     limit = req.data_length
