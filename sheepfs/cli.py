@@ -14,9 +14,13 @@ from .backends import BackendChoice, make_backend
 from .core.filesystem import CoreConfig, Filesystem
 from .errors import BackendError
 from .fuse.adapter import Options, SheepFS
-from .fuse.mount import Daemon, MountConfig, clear_dead_mount, daemonize, serve
+from .fuse.mount import Daemon, MountConfig, clear_dead_mount, daemonize, serve, tell_parent
+from .fuse.xattrs import RootXattrs
+from .notify import Notifier
 from .options import parse_args
+from .service import Service
 from .spool import Spool, SpoolError, default_spool_dir
+from .status import StatusSource, Where
 
 log = logging.getLogger("sheepfs")
 
@@ -52,10 +56,42 @@ def _adapter_options(args: argparse.Namespace) -> Options:
         gid=os.getgid() if args.gid is None else args.gid,
         file_mode=0o666 & ~umask,
         dir_mode=0o777 & ~umask,
+        show_snapshots=args.show_snapshots,
     )
 
 
+def _service(args: argparse.Namespace, core: Filesystem, ops: SheepFS, mnt: str) -> Service:
+    """The mount's status (the root's extended attributes, metrics) and its messages to
+    systemd (READY=1, progress while it stops)."""
+    if args.local:
+        source, backend = f"local:{args.local}", "local"
+    else:
+        source = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in args.addresses)
+        backend = args.backend
+    status = StatusSource(core, Where(mnt, source, backend), errors=lambda: ops.errors)
+    ops.xattrs = RootXattrs(status.snapshot)
+    return Service(Notifier.from_environment(), status)
+
+
+def _serve_metrics(daemon: Daemon, host: str, port: int) -> bool:
+    from .metrics import serve_metrics  # prometheus_client only when asked for
+
+    assert daemon.service.status is not None
+    try:
+        serve_metrics(host, port, daemon.service.status.from_thread)
+    except OSError as e:
+        log.error("cannot serve metrics on %s:%d: %s", host, port, e.strerror or e)
+        tell_parent(daemon.notify, 1)
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["status"]:  # `sheepfs status MOUNTPOINT`: a client, not a mount
+        from .statuscmd import main as status_main
+
+        return status_main(argv[1:])
     args = parse_args(argv)
     setup_logging(args.debug, args.log_file)
     mountpoint = os.path.abspath(args.mountpoint)
@@ -78,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     fsname = f"local:{args.local}" if args.local else f"{args.address}:{args.port}"
     config = MountConfig(mountpoint, fsname, args.ro, args.allow_other, args.foreground)
     daemon = Daemon(core, ops, config, notify=None if args.foreground else daemonize())
+    daemon.service = _service(args, core, ops, mountpoint)
+    if args.metrics and not _serve_metrics(daemon, *args.metrics):
+        return 1
     saved = serve(daemon)
     if not daemon.mounted:
         return 1

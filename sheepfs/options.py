@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
             "for a directory of image files; every option also has an -o form "
             "(-o cache_size=512M,allow_other)."
         ),
+        epilog="sheepfs status MOUNTPOINT [--json] shows what a running mount is doing "
+        "(see sheepfs(8)).",
     )
     p.add_argument("source_or_mountpoint", metavar="SOURCE", help=argparse.SUPPRESS)
     p.add_argument("mountpoint", nargs="?", help=argparse.SUPPRESS)
@@ -30,15 +32,23 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("logging")
     g.add_argument("--debug", action="store_true", help="log every operation")
     g.add_argument("--log-file", type=Path, help="log here instead of stderr (or syslog)")
+    g = p.add_argument_group("status")
+    g.add_argument(
+        "--metrics",
+        type=_listen_arg,
+        metavar="ADDR:PORT",
+        help="serve the status counters in Prometheus' text format on http://ADDR:PORT/metrics "
+        "(off by default)",
+    )
     p.add_argument(
         "-o",
         dest="mount_options",
         action="append",
         default=[],
         metavar="OPTS",
-        help="comma-separated options: the long options above with _ for - "
-        "(address=, port=, backend=, dog=, timeout=, local=, ro, allow_other, uid=, gid=, umask=, "
-        "attr_timeout=, direct_io, spool_dir=, cache_size=, list_ttl=, debug, log_file=)",
+        help="comma-separated options: the long options above with _ for - ("
+        + ", ".join(k if convert is None else f"{k}=" for k, (_, convert) in _O_OPTIONS.items())
+        + ")",
     )
     p.add_argument("-V", "--version", action="version", version=f"sheepfs {__version__}")
     return p
@@ -91,6 +101,11 @@ def _mount_options(g: argparse._ArgumentGroup) -> None:
         "--attr-timeout", type=float, help="seconds the kernel caches attributes (= list TTL)"
     )
     g.add_argument(
+        "--show-snapshots",
+        action="store_true",
+        help="list the .snapshots directory in the root (it is reachable by path anyway)",
+    )
+    g.add_argument(
         "--direct-io",
         action="store_true",
         help="bypass the kernel's page cache: faster for large reads and writes (dd bs=1M), "
@@ -123,11 +138,13 @@ _O_OPTIONS: dict[str, tuple[str, object]] = {
     "umask": ("umask", lambda v: int(v, 8)),
     "attr_timeout": ("attr_timeout", float),
     "direct_io": ("direct_io", None),
+    "show_snapshots": ("show_snapshots", None),
     "spool_dir": ("spool_dir", Path),
     "cache_size": ("cache_size", parse_size),
     "list_ttl": ("list_ttl", float),
     "debug": ("debug", None),
     "log_file": ("log_file", Path),
+    "metrics": ("metrics", lambda v: parse_listen(v)),
 }
 #: Generic mount(8) options that mean nothing here (fstab and mount.fuse3 pass them).
 _IGNORED = {
@@ -173,6 +190,21 @@ def parse_addresses(text: str, default_port: int = 7000) -> list[tuple[str, int]
         if address not in out:
             out.append(address)
     return out
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``ADDR:PORT`` (IPv6 as ``[::1]:9400``) to listen on. Raises ValueError."""
+    host, port = _parse_one(text.strip(), 0)
+    if not port:
+        raise ValueError(f"{text!r}: give ADDR:PORT, e.g. 127.0.0.1:9400")
+    return host, port
+
+
+def _listen_arg(text: str) -> tuple[str, int]:
+    try:
+        return parse_listen(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _parse_one(item: str, default_port: int) -> tuple[str, int]:

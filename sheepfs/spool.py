@@ -157,6 +157,24 @@ def _write_meta(meta_path: Path, vdi_name: bytes, **state: bool) -> None:
     os.replace(tmp, meta_path)
 
 
+@dataclass(frozen=True)
+class Aside:
+    """A VDI's old data is set aside in a snapshot while a replace or a rename over it runs.
+    The record lives until that has ended; one a failure or a crash leaves tells sheepfs to
+    put the old data back (:mod:`sheepfs.core.aside`). ``kind`` "replace": whatever VDI of
+    that name exists is not the data the name must hold (a VDI made again, or one whose
+    delete was cut off, its index zeroed); "rename": the old VDI is deleted, and a VDI of
+    that name is a new one."""
+
+    path: Path
+    vdi_name: bytes
+    tag: str
+    kind: str
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 @dataclass
 class Spool:
     """The spool directory: 0700, owned by the mounting user, refused otherwise."""
@@ -183,6 +201,28 @@ class Spool:
         _write_meta(meta, vdi_name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         return StagedFile(path=path, meta_path=meta, vdi_name=vdi_name, fd=fd)
+
+    def set_aside(self, vdi_name: bytes, tag: str, kind: str, path: Path | None = None) -> Aside:
+        """Record that ``vdi_name``'s old data is in its snapshot ``tag`` (before the VDI
+        is deleted); with ``path``, that record, rewritten."""
+        path = path or self.root / f"{uuid.uuid4().hex}.aside"
+        tmp = path.with_suffix(".tmp")
+        name = base64.b64encode(vdi_name).decode()
+        tmp.write_text(json.dumps({"vdi": name, "tag": tag, "kind": kind}))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+        return Aside(path, vdi_name, tag, kind)
+
+    def asides(self) -> list[Aside]:
+        """Old data an earlier run set aside and did not see through."""
+        found = []
+        for path in sorted(self.root.glob("*.aside")):
+            try:
+                info = json.loads(path.read_text())
+                found.append(Aside(path, base64.b64decode(info["vdi"]), info["tag"], info["kind"]))
+            except (OSError, ValueError, KeyError) as e:
+                log.error("spool: cannot use %s: %s", path, e)
+        return found
 
     def leftovers(self) -> list[StagedFile]:
         """Spool files left by an earlier run (crash or failed upload), opened again."""

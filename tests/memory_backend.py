@@ -30,6 +30,7 @@ from sheepfs.backends.base import (
     DEFAULT_BLOCK_SIZE_SHIFT,
     MAX_HYPER_SIZE,
     MAX_OBJECTS,
+    AttrValue,
     Backend,
     Buffer,
     FsStats,
@@ -63,8 +64,13 @@ OPS = frozenset(
         "snapshot",
         "clone",
         "delete_snapshot",
+        "snapshots",
+        "read_snapshot",
         "read",
         "write",
+        "get_attrs",
+        "set_attr",
+        "drop_attr",
     }
 )
 #: Longest snapshot tag Sheepdog keeps (SD_MAX_VDI_TAG_LEN 256 with the NUL).
@@ -82,6 +88,7 @@ class _Vdi:
     kind: VdiKind
     ctime: int
     hyper: bool = False
+    ctime_ns: int = 0  # what the store records of its creation, finer than ``ctime``
     tag: str = ""
     objects: dict[int, bytearray] = field(default_factory=dict)
     #: Indexes whose bytearray another VDI (a snapshot, a clone's base) holds too.
@@ -105,6 +112,7 @@ class _Vdi:
             layout=self.layout,
             snapshot_id=self.vid if self.kind is VdiKind.SNAPSHOT else 0,
             tag=self.tag.encode(),
+            ctime_ns=self.ctime_ns,
         )
 
     def read(self, offset: int, length: int) -> bytes:
@@ -183,9 +191,19 @@ class MemoryBackend(Backend):
     """A Sheepdog-like store in memory, with fault injection (see the module docstring)."""
 
     def __init__(
-        self, hints: Hints | None = None, total: int = 1 << 40, delay: float = 0.0
+        self,
+        hints: Hints | None = None,
+        total: int = 1 << 40,
+        delay: float = 0.0,
+        stamps: bool = True,
     ) -> None:
         self.hints = hints or Hints()
+        #: Whether the store records each VDI's creation time in ns, in its listing and
+        #: with each attribute (the sheep backend does; dog shows seconds and no stamp).
+        self.stamps = stamps
+        #: Attributes by (VDI name, key): (value, creation time of the VDI it was set
+        #: for). As in Sheepdog they outlive their VDI (docs/PROTOCOL.md P12).
+        self.attrs: dict[tuple[bytes, bytes], tuple[bytes, int]] = {}
         self.total = total
         #: Seconds every call takes; ``delays[op]`` overrides it for one operation.
         self.delay = delay
@@ -296,7 +314,7 @@ class MemoryBackend(Backend):
         """Indexes of the allocated objects of VDI ``name``."""
         return set(self._vdis[name].objects)
 
-    def snapshots(self, name: bytes) -> list[str]:
+    def snapshot_tags(self, name: bytes) -> list[str]:
         """Tags of the snapshots of ``name``, oldest first."""
         return list(self._snaps.get(name, {}))
 
@@ -406,14 +424,16 @@ class MemoryBackend(Backend):
             raise TooLarge(op, name, f"VDI size is larger than {limit} bytes")
         if name in self._vdis:
             raise Exists(op, name, "VDI exists already")
+        now = time.time_ns()
         vdi = _Vdi(
             vid=next(self._vids),
             name=name,
             size=size,
             layout=layout,
             kind=kind,
-            ctime=int(time.time()),
+            ctime=now // 10**9,
             hyper=hyper,
+            ctime_ns=now if self.stamps else 0,
         )
         self._vdis[name] = vdi
         return vdi
@@ -522,6 +542,8 @@ class MemoryBackend(Backend):
             )
             vdi.vid = next(self._vids)
             vdi.shared = set(vdi.objects)
+            now = time.time_ns()  # the new working inode has a creation time of its own
+            vdi.ctime, vdi.ctime_ns = now // 10**9, now if self.stamps else 0
             self._after(fault, "snapshot", name)
         finally:
             self._leave("snapshot")
@@ -545,6 +567,8 @@ class MemoryBackend(Backend):
             fault = await self._enter("delete_snapshot", name, tag)
             check_name("delete snapshot", name)
             snaps = self._snaps.get(name, {})
+            if tag.isdigit():  # an id, as dog reads -s
+                tag = next((t for t, s in snaps.items() if s.vid == int(tag)), tag)
             if tag not in snaps:
                 raise NotFound("delete snapshot", name, f"Failed to find requested tag {tag}")
             del snaps[tag]  # clones and the working VDI keep the objects they share
@@ -553,6 +577,67 @@ class MemoryBackend(Backend):
             self._after(fault, "delete_snapshot", name)
         finally:
             self._leave("delete_snapshot")
+
+    async def snapshots(self, name: bytes) -> list[VdiInfo]:
+        try:
+            fault = await self._enter("snapshots", name)
+            check_name("snapshots", name)
+            infos = [s.info() for s in self._snaps.get(name, {}).values()]
+            self._after(fault, "snapshots", name)
+            return sorted(infos, key=lambda i: i.snapshot_id)
+        finally:
+            self._leave("snapshots")
+
+    async def read_snapshot(self, name: bytes, snapshot_id: int, offset: int, length: int) -> bytes:
+        try:
+            fault = await self._enter("read_snapshot", name, snapshot_id, offset, length)
+            check_name("read", name)
+            snap = next(
+                (s for s in self._snaps.get(name, {}).values() if s.vid == snapshot_id), None
+            )
+            if snap is None:
+                raise NotFound("read", name, f"no snapshot {snapshot_id}")
+            if offset > snap.size:
+                raise InvalidArgument("read", name, "Read offset is beyond the end of the VDI")
+            data = snap.read(offset, length)
+            self._after(fault, "read_snapshot", name)
+            return data
+        finally:
+            self._leave("read_snapshot")
+
+    # -- Backend: attributes -----------------------------------------------------------------
+
+    async def get_attrs(self, key: bytes, names: Sequence[bytes]) -> dict[bytes, AttrValue]:
+        try:
+            fault = await self._enter("get_attrs", names[0] if len(names) == 1 else None, key)
+            found = {}
+            for name in names:
+                check_name("get attributes", name)
+                got = self.attrs.get((name, key))
+                if name in self._vdis and got is not None:
+                    found[name] = AttrValue(got[0], got[1])
+            self._after(fault, "get_attrs", None)
+            return found
+        finally:
+            self._leave("get_attrs")
+
+    async def set_attr(self, name: bytes, key: bytes, value: bytes) -> None:
+        try:
+            fault = await self._enter("set_attr", name, key, value)
+            vdi = self._get("set attribute", name)
+            self.attrs[name, key] = (bytes(value), vdi.ctime_ns)
+            self._after(fault, "set_attr", name)
+        finally:
+            self._leave("set_attr")
+
+    async def drop_attr(self, name: bytes, key: bytes) -> None:
+        try:
+            fault = await self._enter("drop_attr", name, key)
+            self._get("drop attribute", name)
+            self.attrs.pop((name, key), None)
+            self._after(fault, "drop_attr", name)
+        finally:
+            self._leave("drop_attr")
 
     # -- Backend: data -----------------------------------------------------------------------
 

@@ -134,7 +134,7 @@ class Store:
         if not snaps.exists():
             return []
         return [
-            (base64.b64decode(k.split("/")[0]), k.split("/", 1)[1].encode())
+            (base64.urlsafe_b64decode(k.split("/")[0]), k.split("/", 1)[1].encode())
             for k in json.loads(snaps.read_text())
         ]
 

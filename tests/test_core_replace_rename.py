@@ -46,7 +46,7 @@ async def test_overwriting_with_o_trunc_replaces_the_vdi_with_its_layout(tmp_pat
         assert await read_name(fs, b"img") == new
     assert backend.data(b"img") == new
     assert backend.info(b"img").layout == EC
-    assert backend.snapshots(b"img") == []
+    assert backend.snapshot_tags(b"img") == []
     done = ops(backend, start)
     assert done[:3] == ["snapshot", "delete", "create"] and done[-1] == "delete_snapshot"
     assert set(done[3:-1]) == {"write"}
@@ -66,7 +66,7 @@ async def test_truncating_a_closed_vdi_shorter_replaces_it(tmp_path) -> None:
         assert await read_name(fs, b"v") == old[:1000]
     assert backend.data(b"v") == old[:1000]
     assert backend.info(b"v").block_size_shift == SMALL
-    assert backend.snapshots(b"v") == [] and spool_files(tmp_path) == []
+    assert backend.snapshot_tags(b"v") == [] and spool_files(tmp_path) == []
     assert fs.saved
 
 
@@ -95,7 +95,7 @@ async def test_a_replace_that_fails_says_where_the_old_and_new_data_are(tmp_path
         backend.fail("create")  # after the old data is set aside and the VDI deleted
         with pytest.raises(Unavailable) as caught:
             await fs.flush(fh)
-        [tag] = backend.snapshots(b"v")
+        [tag] = backend.snapshot_tags(b"v")
         assert backend.info(b"v") is None
         assert backend.snapshot_data(b"v", tag) == old  # the old data is still reachable
         message = str(caught.value)
@@ -105,7 +105,7 @@ async def test_a_replace_that_fails_says_where_the_old_and_new_data_are(tmp_path
         await fs.flush(fh)
         await fs.release(fh)
     assert backend.data(b"v") == new
-    assert backend.snapshots(b"v") == []
+    assert backend.snapshot_tags(b"v") == []
     assert backend.info(b"v").block_size_shift == SMALL
 
 
@@ -120,11 +120,11 @@ async def test_a_replace_whose_write_fails_is_finished_by_the_next_flush(tmp_pat
         backend.fail("write")
         with pytest.raises(Unavailable) as caught:
             await fs.flush(fh)
-        [tag] = backend.snapshots(b"v")
+        [tag] = backend.snapshot_tags(b"v")
         assert tag in str(caught.value) and backend.snapshot_data(b"v", tag) == old
         await fs.flush(fh)
         await fs.release(fh)
-    assert backend.data(b"v") == new and backend.snapshots(b"v") == []
+    assert backend.data(b"v") == new and backend.snapshot_tags(b"v") == []
 
 
 async def test_o_trunc_of_an_empty_vdi_needs_no_replace(tmp_path) -> None:
@@ -186,7 +186,7 @@ async def test_renaming_a_vdi_clones_it_under_the_new_name(tmp_path) -> None:
         assert await read_name(fs, b"b") == data
     assert backend.names() == [b"b"] and backend.data(b"b") == data
     assert backend.info(b"b").kind is VdiKind.CLONE
-    assert backend.snapshots(b"a") == [] and backend.snapshots(b"b") == []
+    assert backend.snapshot_tags(b"a") == [] and backend.snapshot_tags(b"b") == []
     assert backend.count("write") == 0  # no data is copied
 
 
@@ -203,7 +203,7 @@ async def test_renaming_over_an_existing_vdi_drops_its_data(tmp_path) -> None:
         assert [name for name, _ in await fs.readdir()] == [b"dst"]
         assert await read_name(fs, b"dst") == data
     assert backend.names() == [b"dst"] and backend.data(b"dst") == data
-    assert backend.snapshots(b"src") == [] and backend.snapshots(b"dst") == []
+    assert backend.snapshot_tags(b"src") == [] and backend.snapshot_tags(b"dst") == []
 
 
 async def test_rename_with_noreplace_refuses_an_existing_name(tmp_path) -> None:
@@ -242,7 +242,7 @@ async def test_an_open_vdi_renamed_then_written_keeps_every_write(tmp_path) -> N
     assert backend.names() == [b"b"]
     writes = [(0, old), (0, b"before"), (MiB, b"after"), (2 * MiB, b"grown")]
     assert backend.data(b"b") == sparse(2 * MiB + 5, *writes)
-    assert backend.snapshots(b"a") == [] and backend.snapshots(b"b") == []
+    assert backend.snapshot_tags(b"a") == [] and backend.snapshot_tags(b"b") == []
 
 
 async def test_an_uploaded_file_renamed_then_written(tmp_path) -> None:
@@ -256,7 +256,7 @@ async def test_an_uploaded_file_renamed_then_written(tmp_path) -> None:
         await fs.flush(fh)
         await fs.release(fh)
     assert backend.names() == [b"b"] and backend.data(b"b") == data + b"tail"
-    assert backend.snapshots(b"a") == [] and backend.snapshots(b"b") == []
+    assert backend.snapshot_tags(b"a") == [] and backend.snapshot_tags(b"b") == []
 
 
 async def test_a_staged_file_renamed_over_a_vdi_replaces_it(tmp_path) -> None:
@@ -270,7 +270,7 @@ async def test_a_staged_file_renamed_over_a_vdi_replaces_it(tmp_path) -> None:
         await fs.flush(fh)
         await fs.release(fh)
         assert await read_name(fs, b"dst") == b"new content"
-    assert backend.data(b"dst") == b"new content" and backend.snapshots(b"dst") == []
+    assert backend.data(b"dst") == b"new content" and backend.snapshot_tags(b"dst") == []
     assert backend.names() == [b"dst", b"tmp"]
 
 

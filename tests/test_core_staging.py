@@ -100,7 +100,7 @@ async def test_writes_after_the_first_flush_go_out_at_the_next(tmp_path) -> None
     expect = bytearray(first[:OBJ]) + bytes(OBJ) + tail
     expect[10:19] = b"rewritten"
     assert backend.data(b"f") == bytes(expect)
-    assert backend.count("create") == 1 and backend.snapshots(b"f") == []
+    assert backend.count("create") == 1 and backend.snapshot_tags(b"f") == []
 
 
 async def test_a_new_file_truncated_longer_uploads_no_zeros(tmp_path) -> None:

@@ -197,7 +197,7 @@ async def test_an_uploaded_file_truncated_shorter_is_replaced(tmp_path) -> None:
         assert (await fs.truncate(fs.ino_for(b"f"), 10, fh=fh)).size == 10
         await fs.flush(fh)
         assert backend.data(b"f") == data[:10]
-        assert backend.snapshots(b"f") == []
+        assert backend.snapshot_tags(b"f") == []
         await fs.release(fh)
 
 

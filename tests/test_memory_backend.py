@@ -111,7 +111,7 @@ async def test_unwritten_space_is_free_and_used_counts_objects(store: MemoryBack
 async def test_snapshots_freeze_data_and_share_objects(store: MemoryBackend) -> None:
     store.put(b"v", b"old" + bytes(MiB) + b"tail", block_size_shift=20)
     await store.snapshot(b"v", "before")
-    assert store.snapshots(b"v") == ["before"]
+    assert store.snapshot_tags(b"v") == ["before"]
     assert store.info(b"v").used == 0  # every object is the snapshot's now
     await store.write(b"v", 0, b"new")
     assert store.data(b"v")[:3] == b"new"
@@ -134,7 +134,7 @@ async def test_clones_outlive_their_snapshot_and_snapshots_their_vdi(
     await store.clone(b"v", "s", b"c")
     assert store.info(b"c").kind is VdiKind.CLONE and store.info(b"c").layout == layout
     await store.delete_snapshot(b"v", "s")
-    assert store.snapshots(b"v") == []
+    assert store.snapshot_tags(b"v") == []
     with pytest.raises(InvalidArgument):
         await store.write(b"c", 4, b"!")  # the clone has the snapshot's size
     await store.resize(b"c", 10)
@@ -142,7 +142,7 @@ async def test_clones_outlive_their_snapshot_and_snapshots_their_vdi(
     assert store.data(b"c") == b"data!" + bytes(5) and store.data(b"v") == b"data"
     await store.snapshot(b"v", "kept")
     await store.delete(b"v")
-    assert store.info(b"v") is None and store.snapshots(b"v") == ["kept"]
+    assert store.info(b"v") is None and store.snapshot_tags(b"v") == ["kept"]
     await store.create(b"v", 2)  # a new VDI of the name, beside the old one's snapshot
     await store.clone(b"v", "kept", b"back")
     assert store.data(b"back") == b"data"

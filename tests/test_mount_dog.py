@@ -132,7 +132,8 @@ def test_rm(store, mnt):
     "vdi, file",
     [(b"has space", "has space"), ("uni-ü-名前".encode(), "uni-ü-名前"), (b"sl/ash", "sl%2Fash"),
      (b"-dash", "-dash"), (b"new\nline", "new\nline"), (b".", "%2E"), (b"..", "%2E%2E"),
-     (b"50%", "50%25"), (b"y" * 255, "y" * 255)],
+     (b"50%", "50%"), (b"%25", "%2525"), (b".snapshots", "%2Esnapshots"),
+     (b"y" * 255, "y" * 255)],
 )  # fmt: skip
 def test_names_round_trip(store, mnt, vdi, file):
     # made through the mount
@@ -151,9 +152,9 @@ def test_name_over_255_bytes(mnt):
     with pytest.raises(OSError) as e:
         (mnt.path / ("z" * 256)).write_bytes(b"x")
     assert e.value.errno == errno.ENAMETOOLONG
-    with pytest.raises(OSError) as e:  # a bare % is not a canonical name
-        (mnt.path / "50%off").write_bytes(b"x")
-    assert e.value.errno == errno.EINVAL
+    # the limit is the VDI name's: 256 bytes of file name holding escapes are fewer
+    (mnt.path / ("z" * 250 + "%2F%2F")).write_bytes(b"x")
+    assert list(mnt.store.vdis()) == [b"z" * 250 + b"//"]
 
 
 def test_four_readers_of_one_file(store, mnt):
@@ -323,9 +324,12 @@ def test_statfs_reports_usable_space(store, mnt):
     copies = int(policy[2])
     st = os.statvfs(mnt.path)
     size, avail = int(total[1]) // copies, int(total[3]) // copies
-    # A real cluster's disks change a little between the two reads: within 1 MiB.
-    assert abs(st.f_blocks * st.f_frsize - size) < (1 << 20)
-    assert abs(st.f_bavail * st.f_frsize - avail) < (1 << 20)
+    # A real cluster's disks change a little between the two reads (other writers on the
+    # same disks move its free space, and its size counts what the sheep hold plus that):
+    # within 0.1%, far less than one copy more or less would make.
+    slack = max(1 << 20, size // 1000)
+    assert abs(st.f_blocks * st.f_frsize - size) < slack
+    assert abs(st.f_bavail * st.f_frsize - avail) < slack
     assert st.f_namemax == 255
 
 

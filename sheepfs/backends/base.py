@@ -93,6 +93,9 @@ class VdiInfo(ObjectGeometry):
     layout: Layout = Layout()
     snapshot_id: int = 0  # snapshots only
     tag: bytes = b""  # snapshots only; may be empty
+    #: The creation time in nanoseconds where the backend knows it finer than ``ctime``
+    #: (0: it does not); attribute values are checked against it (:class:`AttrValue`).
+    ctime_ns: int = 0
 
     @property
     def block_size_shift(self) -> int:  # type: ignore[override]
@@ -131,6 +134,21 @@ class Hints:
     #: Whether reading a few KiB of an object costs much less than reading all of it (a
     #: random reader then gets what it asks for, not a whole object into the cache).
     partial_reads: bool = False
+    #: Whether ``get_attrs`` of many names costs about one call (a listing then reads every
+    #: VDI's attributes with it; else they are read one name at a time, when needed).
+    cheap_attrs: bool = False
+
+
+@dataclass(frozen=True)
+class AttrValue:
+    """A VDI attribute as stored. Sheepdog keeps attributes by the VDI's *name*: a value
+    outlives its VDI and shows up again for the next VDI of that name (PROTOCOL.md P12),
+    so a caller trusts it only for the VDI it was set for."""
+
+    value: bytes
+    #: The creation time (ns) of the VDI the value was set for, where the store records it
+    #: (0: it does not; the value itself must then say which VDI it belongs to).
+    vdi_ctime_ns: int = 0
 
 
 def check_name(op: str, name: bytes) -> None:
@@ -206,7 +224,39 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def delete_snapshot(self, name: bytes, tag: str) -> None:
-        """Delete snapshot ``tag`` of ``name`` (clones made from it keep working)."""
+        """Delete snapshot ``tag`` of ``name`` (clones made from it keep working); a ``tag``
+        of digits only is a snapshot id, as in dog (a tag is never all digits)."""
+
+    @abc.abstractmethod
+    async def snapshots(self, name: bytes) -> list[VdiInfo]:
+        """The snapshots of ``name``, oldest first (kind SNAPSHOT, each with its
+        ``snapshot_id``; its ``tag`` may be empty); none if there is no such VDI."""
+
+    @abc.abstractmethod
+    async def read_snapshot(
+        self, name: bytes, snapshot_id: int, offset: int, length: int
+    ) -> bytes | bytearray:
+        """Up to ``length`` bytes at ``offset`` of snapshot ``snapshot_id`` of ``name``
+        (short only at its end); NotFound if there is no such snapshot."""
+
+    # -- attributes: small values kept with a VDI (its times) --------------------------------
+
+    @abc.abstractmethod
+    async def get_attrs(self, key: bytes, names: Sequence[bytes]) -> dict[bytes, AttrValue]:
+        """Attribute ``key`` of each of ``names`` that has one (a VDI or key missing: left
+        out). A value may be a leftover of an earlier VDI of the same name (see
+        :class:`AttrValue`)."""
+
+    @abc.abstractmethod
+    async def set_attr(self, name: bytes, key: bytes, value: bytes) -> None:
+        """Store ``value`` (at most 255 bytes here) as attribute ``key`` of the working VDI
+        ``name`` (NotFound if there is none)."""
+
+    @abc.abstractmethod
+    async def drop_attr(self, name: bytes, key: bytes) -> None:
+        """Remove attribute ``key`` of the working VDI ``name`` (no error if it has none;
+        NotFound if there is no such VDI). Sheepdog never removes attributes by itself:
+        drop them before deleting a VDI."""
 
     # -- data --------------------------------------------------------------------------------
 

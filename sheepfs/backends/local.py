@@ -29,15 +29,16 @@ from .base import (
     VdiKind,
     check_name,
 )
+from .local_attrs import LocalAttributes
 
 _OBJECT = 1 << DEFAULT_BLOCK_SIZE_SHIFT
 _MAX_SIZE = _OBJECT << 20
 
 
-class LocalBackend(Backend):
+class LocalBackend(LocalAttributes, Backend):
     #: A call is a thread's file operation: one name is cheap to look up, and requests need
     #: not be long to be efficient.
-    hints = Hints(max_request=64 << 20, parallel_calls=8, cheap_lookup=True)
+    hints = Hints(max_request=64 << 20, parallel_calls=8, cheap_lookup=True, cheap_attrs=True)
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -73,7 +74,8 @@ class LocalBackend(Backend):
             raise Exists(op, name, "VDI exists already")
         vid = max((e["vid"] for e in index.values()), default=0) + 1
         path = self.root / f"{vid:06x}.img"
-        index[name] = {"file": path.name, "ctime": int(time.time()), "vid": vid}
+        now = time.time_ns()
+        index[name] = {"file": path.name, "ctime": now // 10**9, "ctime_ns": now, "vid": vid}
         return index, path
 
     # -- Backend -----------------------------------------------------------------------------
@@ -108,6 +110,7 @@ class LocalBackend(Backend):
             ctime=entry["ctime"],
             kind=VdiKind.WORKING,
             layout=Layout(copies=1),
+            ctime_ns=entry.get("ctime_ns", 0),
         )
 
     async def read(self, name: bytes, offset: int, length: int) -> bytes:
@@ -175,20 +178,25 @@ class LocalBackend(Backend):
     def _snaps_path(self) -> Path:
         return self.root / "snaps.json"
 
-    def _load_snaps(self) -> dict[str, str]:
+    def _load_snaps(self) -> dict[str, dict]:
+        """Snapshot key -> ``{"file", "id", "ctime"}`` (an older store kept the file only)."""
         try:
-            return json.loads(self._snaps_path().read_text())
+            raw = json.loads(self._snaps_path().read_text())
         except FileNotFoundError:
             return {}
+        return {
+            k: v if isinstance(v, dict) else {"file": v, "id": i + 1, "ctime": 0}
+            for i, (k, v) in enumerate(raw.items())
+        }
 
-    def _save_snaps(self, snaps: dict[str, str]) -> None:
+    def _save_snaps(self, snaps: dict[str, dict]) -> None:
         tmp = self._snaps_path().with_suffix(".tmp")
         tmp.write_text(json.dumps(snaps))
         os.replace(tmp, self._snaps_path())
 
     @staticmethod
     def _snap_key(name: bytes, tag: str) -> str:
-        return base64.b64encode(name).decode() + "/" + tag
+        return base64.urlsafe_b64encode(name).decode() + "/" + tag  # no "/" in the name part
 
     async def snapshot(self, name: bytes, tag: str) -> None:
         src = self._path(name, "snapshot")
@@ -198,7 +206,8 @@ class LocalBackend(Backend):
             raise Exists("snapshot", name, f"tag {tag} is existed")
         dst = self.root / f"{src.stem}-{tag.encode().hex()}.snap"
         await trio.to_thread.run_sync(_sparse_copy, src, dst)
-        snaps[key] = dst.name
+        last = max((v["id"] for v in snaps.values()), default=0)
+        snaps[key] = {"file": dst.name, "id": last + 1, "ctime": int(time.time())}
         self._save_snaps(snaps)
 
     async def clone(self, name: bytes, tag: str, new_name: bytes) -> None:
@@ -207,16 +216,58 @@ class LocalBackend(Backend):
         if snap is None:
             raise NotFound("clone", name, f"Failed to find requested tag {tag}")
         index, dst = self._new_entry("clone", new_name)
-        await trio.to_thread.run_sync(_sparse_copy, self.root / snap, dst)
+        await trio.to_thread.run_sync(_sparse_copy, self.root / snap["file"], dst)
         self._save(index)
+
+    def _find_snap(self, snaps: dict[str, dict], name: bytes, tag: str) -> str | None:
+        """The key of snapshot ``tag`` of ``name`` (all digits: its id), or None."""
+        if tag.isdigit():
+            prefix = self._snap_key(name, "")
+            ids = [k for k, v in snaps.items() if k.startswith(prefix) and v["id"] == int(tag)]
+            return ids[0] if ids else None
+        key = self._snap_key(name, tag)
+        return key if key in snaps else None
 
     async def delete_snapshot(self, name: bytes, tag: str) -> None:
         snaps = self._load_snaps()
-        snap = snaps.pop(self._snap_key(name, tag), None)
-        if snap is None:
+        key = self._find_snap(snaps, name, tag)
+        if key is None:
             raise NotFound("delete snapshot", name, f"Failed to find requested tag {tag}")
+        snap = snaps.pop(key)
         self._save_snaps(snaps)
-        (self.root / snap).unlink()
+        (self.root / snap["file"]).unlink()
+
+    async def snapshots(self, name: bytes) -> list[VdiInfo]:
+        check_name("snapshots", name)
+        prefix = self._snap_key(name, "")
+        found = []
+        for key, v in self._load_snaps().items():
+            if key.startswith(prefix):
+                path = self.root / v["file"]
+                size = path.stat().st_size
+                used = _allocated_objects(path, size) * _OBJECT
+                tag = key[len(prefix) :].encode()
+                found.append(
+                    VdiInfo(
+                        name, size, used, v["ctime"], VdiKind.SNAPSHOT, snapshot_id=v["id"], tag=tag
+                    )
+                )
+        return sorted(found, key=lambda i: i.snapshot_id)
+
+    async def read_snapshot(self, name: bytes, snapshot_id: int, offset: int, length: int) -> bytes:
+        check_name("read", name)
+        snaps = self._load_snaps()
+        key = self._find_snap(snaps, name, str(snapshot_id))
+        if key is None:
+            raise NotFound("read", name, f"no snapshot {snapshot_id}")
+        path = self.root / snaps[key]["file"]
+
+        def _read() -> bytes:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(length)
+
+        return await trio.to_thread.run_sync(_read)
 
     async def statfs(self) -> FsStats:
         st = os.statvfs(self.root)

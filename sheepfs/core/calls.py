@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import trio
 
-from ..backends.base import Backend, Buffer, FsStats, Layout, VdiInfo
+from ..backends.base import AttrValue, Backend, Buffer, FsStats, Layout, VdiInfo
 from ..errors import BackendError, Timeout
 
 T = TypeVar("T")
@@ -122,6 +122,27 @@ class BoundedBackend(Backend):
 
     async def delete_snapshot(self, name: bytes, tag: str) -> None:
         await self._call("delete snapshot", name, lambda: self.inner.delete_snapshot(name, tag))
+
+    async def snapshots(self, name: bytes) -> list[VdiInfo]:
+        return await self._call("snapshots", name, lambda: self.inner.snapshots(name))
+
+    async def read_snapshot(
+        self, name: bytes, snapshot_id: int, offset: int, length: int
+    ) -> bytes | bytearray:
+        read = self.inner.read_snapshot
+        return await self._call("read", name, lambda: read(name, snapshot_id, offset, length))
+
+    # -- attributes --------------------------------------------------------------------------
+
+    async def get_attrs(self, key: bytes, names: Sequence[bytes]) -> dict[bytes, AttrValue]:
+        one = names[0] if len(names) == 1 else None
+        return await self._call("get attributes", one, lambda: self.inner.get_attrs(key, names))
+
+    async def set_attr(self, name: bytes, key: bytes, value: bytes) -> None:
+        await self._call("set attribute", name, lambda: self.inner.set_attr(name, key, value))
+
+    async def drop_attr(self, name: bytes, key: bytes) -> None:
+        await self._call("drop attribute", name, lambda: self.inner.drop_attr(name, key))
 
     # -- data --------------------------------------------------------------------------------
 

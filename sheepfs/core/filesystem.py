@@ -8,9 +8,10 @@ carrying its errno. This is what the in-process tests drive.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -18,6 +19,7 @@ from ..backends.base import Backend, FsStats, VdiInfo
 from ..errors import Exists, InvalidArgument, NotFound, ReadOnly
 from ..spool import Spool
 from ..supervisor import Supervisor
+from . import filetimes
 from .calls import BoundedBackend
 from .catalog import Catalog
 from .inodes import Inodes
@@ -25,6 +27,7 @@ from .openfile import OpenFile, State
 from .openfiles import OpenFiles
 from .recovery import recover_spool
 from .rename import Rename, rename
+from .snapshots import Snapshots
 from .upload import WRITE_BEHIND_MIN
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,8 @@ class Attrs:
     used: int
     ctime: int
     object_size: int
+    mtime_ns: int | None = None  # None: the creation time (``ctime``)
+    atime_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,8 @@ class Filesystem:
             self.config.write_behind_min,
         )
         self.inodes = Inodes()
+        ttl, read_only = self.config.list_ttl, self.config.read_only
+        self.snapshots = Snapshots(self.backend, self.files, self.file, ttl, read_only)
         self._handles: dict[int, OpenFile] = {}
         self._next_fh = 1
         #: Set when :meth:`running` ends: whether every byte written reached the backend.
@@ -159,11 +166,13 @@ class Filesystem:
         used = f.used
         if f.staged is not None and (not f.has_vdi or f.state is State.UPLOADING):
             used = f.staged.allocated
-        return Attrs(f.id, f.size, used, f.ctime, f.object_size)
+        t = filetimes.current(self.files.times, f)
+        return Attrs(f.id, f.size, used, f.ctime, f.object_size, t.mtime_ns, t.atime_ns)
 
     def _info_attrs(self, info: VdiInfo) -> Attrs:
-        ino = self.inodes.ino_for(info.name)
-        return Attrs(ino, info.size, info.used, info.ctime, info.object_size)
+        ino, t = self.inodes.ino_for(info.name), self.files.times.shown(info)
+        size, used, osz = info.size, info.used, info.object_size
+        return Attrs(ino, size, used, info.ctime, osz, t.mtime_ns, t.atime_ns)
 
     async def lookup(self, name: bytes) -> Attrs:
         f = self.file(name)
@@ -172,6 +181,7 @@ class Filesystem:
         info = await self.catalog.get(name)
         if info is None:
             raise _missing("lookup", name)
+        await self.files.times.looked_up(info)
         return self._info_attrs(info)
 
     async def getattr(self, ino: int) -> Attrs:
@@ -186,6 +196,7 @@ class Filesystem:
     async def readdir(self) -> list[tuple[bytes, Attrs]]:
         """Every file, by VDI name, sorted: the listing, and what is open on top of it."""
         listing = await self.catalog.all()
+        await self.files.times.listed(listing)
         entries = {name: self._info_attrs(info) for name, info in listing.items()}
         for f in self.files.by_id.values():
             if not f.gone:
@@ -203,17 +214,31 @@ class Filesystem:
 
     async def truncate(self, ino: int, size: int, fh: int | None = None) -> Attrs:
         self._check_writable("truncate", None)
+        return await self._on_file("truncate", ino, fh, lambda f: self.files.truncate(f, size))
+
+    async def set_times(
+        self, ino: int, fh: int | None, atime_ns: int | None, mtime_ns: int | None
+    ) -> Attrs:
+        """utimes (``touch``, ``cp -p``, ``rsync -a``): kept with the VDI (core/filetimes.py)."""
+        self._check_writable("utimes", None)
+        act = partial(filetimes.set_times, self.files.times, atime_ns=atime_ns, mtime_ns=mtime_ns)
+        return await self._on_file("utimes", ino, fh, act)
+
+    async def _on_file(
+        self, op: str, ino: int, fh: int | None, act: Callable[[OpenFile], Awaitable[None]]
+    ) -> Attrs:
+        """``act`` on the file of ``fh`` (or ``ino``), opened for it if it is closed."""
         f = self._handles.get(fh) if fh is not None else self.files.by_id.get(ino)
         if f is not None:
-            await self.files.truncate(f, size)
+            await act(f)
             return self._attrs(f)  # also for a file deleted while open: its handle sees it
         name = self.inodes.name_of(ino)
         info = await self.catalog.get(name) if name is not None else None
         if info is None:
-            raise _missing("truncate", name)
+            raise _missing(op, name)
         f = self.files.open_live(ino, info)
         try:
-            await self.files.truncate(f, size)
+            await act(f)
         finally:
             await self.files.release(f)
         return await self.getattr(ino)
@@ -226,6 +251,7 @@ class Filesystem:
                 if f.has_vdi:
                     await self._delete(name)
                 f.to(State.UNLINKED)
+                self.files.replacer.settled(f)  # old data set aside must not come back
         else:
             await self._delete(name)
         self.inodes.drop(name)
@@ -233,7 +259,7 @@ class Filesystem:
     async def _delete(self, name: bytes) -> None:
         if await self.catalog.get(name) is None and self.file(name) is None:
             raise NotFound("delete", name, "no such VDI")
-        await self.backend.delete(name)
+        await self.files.times.delete(name)  # its times first: Sheepdog would keep them
         self.catalog.remove(name)
 
     async def rename(self, src: bytes, dst: bytes, noreplace: bool = False) -> None:
@@ -345,6 +371,7 @@ class Filesystem:
             await self.files.create_empty(f)
         elif self.files.has_pending(f):
             await self.files.sync(f)
+        await filetimes.settle(self.files.times, f)  # before rsync or cp -p set times
 
     async def fsync(self, fh: int) -> None:
         f = self._handles[fh]

@@ -16,6 +16,7 @@ import trio
 
 from ..backends.base import DEFAULT_BLOCK_SIZE_SHIFT, Layout, ObjectGeometry, VdiInfo
 from ..spool import StagedFile
+from .times import Times
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,12 @@ class OpenFile(ObjectGeometry):
     opens: int = 0
     direct_io: bool = False  # its open handles bypass the kernel's page cache
     lock: trio.Lock = field(default_factory=trio.Lock)
+    # Its times (core/filetimes.py): set on it (None: those kept for its VDI), the time of
+    # the last write since, what its VDI keeps, and whether ``ctime`` is its VDI's.
+    times: Times | None = None
+    written_ns: int = 0
+    saved_times: Times | None = None
+    times_bound: bool = True
 
     # -- construction ------------------------------------------------------------------------
 
@@ -113,6 +120,8 @@ class OpenFile(ObjectGeometry):
             used=0,
             state=State.STAGED,
             staged=staged,
+            times=Times.now(),
+            times_bound=False,
         )
 
     # -- the state machine -------------------------------------------------------------------

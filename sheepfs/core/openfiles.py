@@ -7,6 +7,7 @@ file needs, and when a closed file can be forgotten.
 from __future__ import annotations
 
 import logging
+import time
 
 from ..backends.base import Backend, VdiInfo
 from ..cache.cache import ChunkCache
@@ -14,8 +15,10 @@ from ..errors import BackendError, NotPermitted, TooLarge
 from ..spool import Spool, StagedFile, has_data
 from ..supervisor import Supervisor
 from .catalog import Catalog
+from .filetimes import settle
 from .openfile import OpenFile, State
 from .replace import Replacer
+from .timekeeper import TimeKeeper
 from .upload import WRITE_BEHIND_MIN, Uploader
 
 log = logging.getLogger(__name__)
@@ -37,8 +40,11 @@ class OpenFiles:
         self.catalog = catalog
         self.spool = spool
         self.cache = ChunkCache(backend, cache_size, tasks, grown=self.record)
-        self.replacer = Replacer(backend, catalog, self.cache, spool)
-        self.uploader = Uploader(backend, self.replacer, tasks, self.record, write_behind_min)
+        self.times = TimeKeeper(backend, tasks, catalog.ttl)
+        self.replacer = Replacer(backend, catalog, self.cache, spool, self.times)
+        self.uploader = Uploader(
+            backend, self.replacer, tasks, self.record, self.times, write_behind_min
+        )
         self.by_id: dict[int, OpenFile] = {}
         self.errors = 0
 
@@ -75,6 +81,7 @@ class OpenFiles:
             objects = staged.data_objects(info.object_size)
             f.backend_size, f.block_size_shift = info.size, info.block_size_shift
             f.ctime, f.used, f.layout = info.ctime, info.used, info.layout
+            f.times_bound = True  # its VDI is the one an earlier run created for it
             f.touched, f.ours = objects, set(objects)
             f.to(State.UPLOADING)
         self.by_id[ino] = f
@@ -91,6 +98,7 @@ class OpenFiles:
         end = offset + len(data)
         if end > f.max_size:
             raise TooLarge("write", f.name, f"the VDI size limit is {f.max_size} bytes")
+        f.written_ns = time.time_ns()
         if f.staged is None:
             f.size = max(f.size, end)
             await self.cache.write(f, offset, data)
@@ -116,6 +124,7 @@ class OpenFiles:
     async def truncate(self, f: OpenFile, size: int) -> None:
         if size > f.max_size:
             raise TooLarge("truncate", f.name, f"the VDI size limit is {f.max_size} bytes")
+        f.written_ns = time.time_ns()
         if f.gone:  # deleted while open: only its handles see it, nothing is saved
             if f.staged is not None:
                 f.staged.truncate(size)
@@ -184,8 +193,10 @@ class OpenFiles:
                     await self._retire(f)
 
     async def _retire(self, f: OpenFile) -> None:
-        """Forget a closed file with nothing left to save (under its lock)."""
+        """Forget a closed file with nothing left to save (under its lock), its times
+        stored first if its close could not."""
         await self._drop_torn_vdi(f)
+        await settle(self.times, f)
         self.forget(f)
 
     async def _drop_torn_vdi(self, f: OpenFile) -> None:
@@ -193,7 +204,7 @@ class OpenFiles:
         it was uploaded behind the writer (and never all of it), that VDI is deleted again."""
         if f.state is State.TORN and f.torn_from is State.UPLOADING:
             try:
-                await self.backend.delete(f.name)
+                await self.times.delete(f.name)
                 self.catalog.remove(f.name)
                 f.torn_from = State.STAGED  # as if torn before it had a VDI
             except BackendError as e:
@@ -213,6 +224,8 @@ class OpenFiles:
                 f.torn,
                 "the VDI keeps its old data" if f.has_vdi else "no VDI is left of it",
             )
+        if f.gone:
+            self.replacer.settled(f)  # deleted: its old data must not come back
         if f.staged is not None:
             f.staged.remove()
             f.staged = None
@@ -242,6 +255,7 @@ class OpenFiles:
             async with f.lock:
                 if not self.has_pending(f):
                     await self._retire(f)
+        await self.times.confirm_all()  # guessed creation times of new VDIs (dog)
 
     async def sync_all(self) -> bool:
         """Write every pending byte of every file; False if any could not be saved."""

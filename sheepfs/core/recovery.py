@@ -6,7 +6,9 @@ import logging
 
 from ..errors import BackendError
 from ..spool import Spool, StagedFile
+from .aside import put_back
 from .catalog import Catalog
+from .filetimes import settle
 from .inodes import Inodes
 from .openfiles import OpenFiles
 
@@ -14,7 +16,10 @@ log = logging.getLogger(__name__)
 
 
 async def recover_spool(spool: Spool, catalog: Catalog, files: OpenFiles, inodes: Inodes) -> None:
-    """Upload every leftover spool file that can be uploaded safely; keep the others."""
+    """Put back old data a cut-short replace or rename set aside; upload every leftover
+    spool file that can be uploaded safely; keep the others."""
+    for aside in spool.asides():
+        await put_back(files, catalog, aside)
     for staged in spool.leftovers():
         await _recover(staged, catalog, files, inodes)
 
@@ -45,5 +50,6 @@ async def _recover(staged: StagedFile, catalog: Catalog, files: OpenFiles, inode
     except BackendError as e:
         log.error("spool: %s", e)
         return
+    await settle(files.times, f)  # its data changed: mtime is now
     files.forget(f)
     log.info("spool: %r uploaded", name)

@@ -4,19 +4,26 @@ A file that is only in the spool just changes its name (free). A VDI is renamed 
 snapshot, a clone of the snapshot under the new name, the old VDI deleted and the snapshot
 dropped (docs/SHEEPDOG.md F13: clones outlive their source snapshot). A VDI renamed over
 an existing one first snapshots the one it replaces, so a failure leaves its data
-reachable and the log says where.
+reachable and the log says where. The clone gets the times the old name showed (a rename
+keeps mtime: ``rsync`` sets times on its temporary file, then renames it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 from ..backends.base import Backend, VdiInfo, VdiKind
+from ..errors import BackendError
+from .aside import put_back_later
 from .catalog import Catalog
+from .filetimes import current
 from .openfile import OpenFile, State
 from .openfiles import OpenFiles
 from .replace import drop_snapshot, snapshot_tag
+from .timekeeper import TimeKeeper
+from .times import Times
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +46,27 @@ async def rename(backend: Backend, catalog: Catalog, files: OpenFiles, r: Rename
         async with r.dst_file.lock:  # an upload of it under way ends first
             if not r.dst_file.gone:
                 r.dst_file.to(State.UNLINKED)
+                files.replacer.settled(r.dst_file)
     f = r.src_file
     if f is not None and f.staged is not None and not f.has_vdi:
         async with f.lock:
             _rename_staged(f, r.dst, r.dst_exists)
         return
     if f is None:
-        await _rename_vdi(backend, catalog, r)
-        catalog.put(dataclasses.replace(r.src_info, name=r.dst, kind=VdiKind.CLONE))
+        assert r.src_info is not None
+        await files.times.looked_up(r.src_info)
+        times = files.times.shown(r.src_info)  # a rename keeps the times it shows
+        ctime, ctime_ns = await _rename_vdi(backend, catalog, r, files.times, times, files)
+        moved = dataclasses.replace(r.src_info, name=r.dst, kind=VdiKind.CLONE, ctime=ctime)
+        catalog.put(dataclasses.replace(moved, ctime_ns=ctime_ns))
         return
     async with f.lock:  # no write-back may reach the old VDI once it is snapshotted
         await files.sync_locked(f)
-        await _rename_vdi(backend, catalog, r)
+        if f.times is None:
+            await files.times.looked_up(f.info())
+        times = current(files.times, f)
+        f.ctime, _ = await _rename_vdi(backend, catalog, r, files.times, times, files)
+        f.times, f.saved_times, f.written_ns, f.times_bound = times, times, 0, True
         f.name = r.dst
         if f.staged is not None:
             f.staged.rename(r.dst)
@@ -67,18 +83,29 @@ def _rename_staged(f: OpenFile, dst: bytes, dst_exists: bool) -> None:
     f.staged.rename(dst)
 
 
-async def _rename_vdi(backend: Backend, catalog: Catalog, r: Rename) -> None:
-    """Snapshot ``src``, clone it as ``dst`` (over the old ``dst``), delete ``src``."""
+async def _rename_vdi(
+    backend: Backend, catalog: Catalog, r: Rename, keeper: TimeKeeper, times: Times,
+    files: OpenFiles,
+) -> tuple[int, int]:  # fmt: skip
+    """Snapshot ``src``, clone it as ``dst`` (over the old ``dst``), delete ``src``; each
+    VDI's times go before it does, and ``times`` come with the clone. Returns the clone's
+    creation time (s, ns)."""
     tag = snapshot_tag("mv")
     await backend.snapshot(r.src, tag)
-    dst_tag = None
+    dst_tag = record = None
     try:
         if r.dst_exists:
             dst_tag = snapshot_tag("old")
             await backend.snapshot(r.dst, dst_tag)
-            await backend.delete(r.dst)
+            # For a failure or a crash: until the delete has ended, what is left of the
+            # target (a delete cut off zeroes its index first) must give way to its old data.
+            record = files.spool.set_aside(r.dst, dst_tag, "replace")
+            await keeper.delete(r.dst)
+            record = files.spool.set_aside(r.dst, dst_tag, "rename", record.path)
             catalog.remove(r.dst)
         await backend.clone(r.src, tag, r.dst)
+        if record is not None:
+            record.remove()
     except BaseException:
         if dst_tag is not None:
             log.error(
@@ -88,10 +115,18 @@ async def _rename_vdi(backend: Backend, catalog: Catalog, r: Rename) -> None:
                 r.dst,
                 dst_tag,
             )
+        if record is not None:  # the target may be deleted: it gets its old data back
+            put_back_later(files, catalog, record)
         await drop_snapshot(backend, r.src, tag)
         raise
-    await backend.delete(r.src)
+    try:
+        created = await keeper.bind(r.dst, times)
+    except BackendError as e:  # the data is renamed: only its times are not
+        log.warning("rename %r -> %r: times not kept: %s", r.src, r.dst, e)
+        created = int(time.time()), 0
+    await keeper.delete(r.src)
     catalog.remove(r.src)
     await drop_snapshot(backend, r.src, tag)
     if dst_tag is not None:
         await drop_snapshot(backend, r.dst, dst_tag)
+    return created

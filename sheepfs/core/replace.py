@@ -16,9 +16,10 @@ import time
 from ..backends.base import Backend
 from ..cache.cache import ChunkCache
 from ..errors import BackendError
-from ..spool import Spool, has_data
+from ..spool import Aside, Spool, has_data
 from .catalog import Catalog
 from .openfile import OpenFile, State
+from .timekeeper import TimeKeeper
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,17 @@ def snapshot_tag(purpose: str) -> str:
 class Replacer:
     """Stages live files to be replaced, and sets their old data aside at upload."""
 
-    def __init__(self, backend: Backend, catalog: Catalog, cache: ChunkCache, spool: Spool):
+    def __init__(
+        self, backend: Backend, catalog: Catalog, cache: ChunkCache, spool: Spool,
+        times: TimeKeeper,
+    ) -> None:  # fmt: skip
         self.backend = backend
         self.catalog = catalog
         self.cache = cache
         self.spool = spool
+        self.times = times
+        #: File id -> the spool's record of its old data set aside, while it is.
+        self.records: dict[int, Aside] = {}
 
     async def stage_existing(self, f: OpenFile, keep: int) -> None:
         """Shrink a LIVE file: stage its first ``keep`` bytes to replace the VDI at upload.
@@ -74,10 +81,19 @@ class Replacer:
             log.info(
                 "replacing %r: its old data is in snapshot %s until the new data is in", f.name, tag
             )
-        await self.backend.delete(f.name)
+        if f.id not in self.records:  # before the delete: after a crash it is put back
+            self.records[f.id] = self.spool.set_aside(f.name, f.aside, "replace")
+        await self.times.delete(f.name)  # its times first: the new VDI gets its own
         self.catalog.remove(f.name)
         f.backend_size = 0
         f.to(State.STAGED)
+
+    def settled(self, f: OpenFile) -> None:
+        """``f``'s old data must not come back any more (its new data is in, or it was
+        deleted): the spool's record of it goes, before the snapshot does."""
+        record = self.records.pop(f.id, None)
+        if record is not None:
+            record.remove()
 
     async def drop_snapshot(self, name: bytes, tag: str) -> None:
         await drop_snapshot(self.backend, name, tag)

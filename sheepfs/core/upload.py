@@ -15,21 +15,37 @@ in flight per object (docs/SHEEPDOG.md F2).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import trio
 
 from ..backends.base import Backend
 from ..errors import BackendError
 from ..supervisor import Supervisor
+from .filetimes import created
 from .openfile import OpenFile, State
 from .replace import Replacer
+from .timekeeper import TimeKeeper
 
 log = logging.getLogger(__name__)
 
 #: Bytes of complete, not yet uploaded objects a new file must hold before its upload starts
 #: behind the writer. Smaller files are created and uploaded when they are closed.
 WRITE_BEHIND_MIN = 32 << 20
+#: Bytes of a spool file one backend call sends at most, so an upload's progress (status,
+#: the log while pending data is saved at shutdown) moves during a long upload: a few
+#: seconds of sending. Large, because each call ends a pipeline (the sheep backend reads
+#: the next window of the spool while it sends one) and costs a dog process its inode read.
+UPLOAD_SLICE = 1 << 30
+
+
+@dataclass
+class Progress:
+    """The upload under way of one file: what this pass sends, and how much has gone."""
+
+    total: int
+    done: int = 0
 
 
 class Uploader:
@@ -41,16 +57,20 @@ class Uploader:
         replacer: Replacer,
         tasks: Supervisor,
         record: Callable[[OpenFile], None],
+        times: TimeKeeper,
         write_behind_min: int = WRITE_BEHIND_MIN,
     ) -> None:
         self.backend = backend
         self.replacer = replacer
+        self.times = times
         self.tasks = tasks
         self.record = record  # tells the listing about a VDI created or grown
         self.write_behind_min = write_behind_min
         self._behind: set[int] = set()  # ids of files with an upload behind queued or running
         self.uploaded = 0  # bytes
         self.files_uploaded = 0
+        #: File id -> the upload of it under way (for status: bytes done of total).
+        self.progress: dict[int, Progress] = {}
 
     async def upload(self, f: OpenFile) -> None:
         """Make the VDI hold everything the spool file holds."""
@@ -91,6 +111,7 @@ class Uploader:
         finally:
             f.sending = set()
         if f.aside:
+            self.replacer.settled(f)
             await self.replacer.drop_snapshot(f.name, f.aside)
             f.aside = None
 
@@ -124,8 +145,23 @@ class Uploader:
             # so it must be written again even if it later holds only zeros.
             for offset, length in runs:
                 f.ours.update(range(offset // osz, -(-(offset + length) // osz)))
-        if runs:  # one call: a backend that can sends several objects at once
-            self.uploaded += await self.backend.write_extents(f.name, staged.fd, runs)
+        if runs:
+            await self._send(f, runs)
+
+    async def _send(self, f: OpenFile, runs: list[tuple[int, int]]) -> None:
+        """Write ``runs`` of the spool file into the VDI, a slice at a time (one call each:
+        a backend that can sends several objects at once), counting what has gone."""
+        assert f.staged is not None
+        progress = self.progress[f.id] = Progress(sum(n for _, n in runs))
+        limit = max(1, UPLOAD_SLICE // f.object_size) * f.object_size  # whole objects
+        try:
+            for part in slices(runs, limit):
+                sent = await self.backend.write_extents(f.name, f.staged.fd, part)
+                progress.done += sent
+                self.uploaded += sent
+        finally:
+            if self.progress.get(f.id) is progress:
+                del self.progress[f.id]
 
     async def create_vdi(self, f: OpenFile, size: int) -> None:
         """Create the VDI of a STAGED file (under its lock); it reads zero until written."""
@@ -137,6 +173,7 @@ class Uploader:
         staged.created = True
         staged.save_meta()
         f.backend_size = size
+        await created(self.times, f)  # over whatever an earlier VDI of the name left
         self.record(f)
 
     async def create_empty(self, f: OpenFile) -> None:
@@ -185,7 +222,7 @@ class Uploader:
         try:
             await self.upload_objects(f, ready, staged.size)
             log.debug("%r: objects up to %d uploaded while it is written", f.name, max(ready))
-        except BackendError as e:
+        except (BackendError, OSError) as e:  # OSError: the spool disk (full): not the mount's end
             f.touched |= ready
             f.behind_failed = e
             log.warning("upload of %r while it is written failed (close retries): %s", f.name, e)
@@ -215,3 +252,19 @@ def object_runs(objects: set[int], object_size: int, size: int) -> list[tuple[in
         else:
             runs.append((start, end - start))
     return runs
+
+
+def slices(runs: list[tuple[int, int]], limit: int) -> Iterator[list[tuple[int, int]]]:
+    """``runs`` in order, cut into groups of at most ``limit`` bytes each."""
+    group: list[tuple[int, int]] = []
+    room = limit
+    for offset, length in runs:
+        while length > 0:
+            n = min(length, room)
+            group.append((offset, n))
+            offset, length, room = offset + n, length - n, room - n
+            if room == 0:
+                yield group
+                group, room = [], limit
+    if group:
+        yield group

@@ -21,8 +21,10 @@ import pyfuse3
 
 from ..core.filesystem import Attrs, Filesystem, Opened
 from ..errors import BackendError, errno_for
-from ..names import BadName, decode, encode
+from ..names import SNAPSHOTS_DIR, BadName, decode, encode
 from .pagecache import DropBehind
+from .snapdir import SnapshotTree
+from .xattrs import RootXattrs
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class Options:
     gid: int = os.getgid()
     file_mode: int = 0o644
     dir_mode: int = 0o755
+    show_snapshots: bool = False  # list .snapshots in the root (it is reachable either way)
 
 
 def _guarded(op: str, by_handle: bool = False) -> Callable[[F], F]:
@@ -79,6 +82,7 @@ def _vdi_name(file_name: bytes) -> bytes:
     try:
         return decode(file_name)
     except BadName as e:
+        log.debug("name %r refused: %s", file_name, e)  # the user's own typing: debug
         raise pyfuse3.FUSEError(e.errno) from None
 
 
@@ -92,11 +96,15 @@ class SheepFS(pyfuse3.Operations):
         self.opts = opts
         self.errors = 0
         self.drop_behind = DropBehind()
-        #: Open directory handles and the listing each is reading through.
-        self._listings: dict[int, list[tuple[bytes, Attrs]]] = {}
+        #: Open directory handles: the directory of each, and the listing it reads through.
+        self._dirs: dict[int, int] = {}
+        self._listings: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = {}
         self._last_dir = 0
+        self.snapdir = SnapshotTree(core, self._base)
         #: Run once, on the first request after FUSE's INIT (the kernel is set up by then).
         self.after_init: Callable[[], None] | None = None
+        #: The root's extended attributes: the daemon's status (set by the command line).
+        self.xattrs = RootXattrs()
 
     def _who(self, fh: int | None) -> str:
         """`` 'NAME'`` of the file open as ``fh``, for a log line."""
@@ -112,31 +120,36 @@ class SheepFS(pyfuse3.Operations):
 
     # -- attributes --------------------------------------------------------------------------
 
-    def _entry(self, a: Attrs) -> pyfuse3.EntryAttributes:
+    def _base(self) -> pyfuse3.EntryAttributes:
+        """What every entry shares: owner and cache timeouts."""
         e = pyfuse3.EntryAttributes()
-        e.st_ino = a.ino
-        e.generation = 0
         e.entry_timeout = e.attr_timeout = self.opts.attr_timeout
+        e.st_uid, e.st_gid = self.opts.uid, self.opts.gid
+        return e
+
+    def _entry(self, a: Attrs) -> pyfuse3.EntryAttributes:
+        e = self._base()
+        e.st_ino = a.ino
         e.st_mode = stat.S_IFREG | self.opts.file_mode
         e.st_nlink = 1
-        e.st_uid, e.st_gid = self.opts.uid, self.opts.gid
-        e.st_rdev = 0
         e.st_size = a.size
         e.st_blksize = a.object_size
         e.st_blocks = -(-a.used // 512)
-        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = a.ctime * 1_000_000_000
+        e.st_ctime_ns = a.ctime * 1_000_000_000
+        e.st_mtime_ns = e.st_ctime_ns if a.mtime_ns is None else a.mtime_ns
+        e.st_atime_ns = e.st_ctime_ns if a.atime_ns is None else a.atime_ns
         return e
 
     def _root(self) -> pyfuse3.EntryAttributes:
-        e = pyfuse3.EntryAttributes()
+        e = self._base()
         e.st_ino = ROOT
-        e.entry_timeout = e.attr_timeout = self.opts.attr_timeout
         e.st_mode = stat.S_IFDIR | self.opts.dir_mode
         e.st_nlink = 2
-        e.st_uid, e.st_gid = self.opts.uid, self.opts.gid
-        e.st_size = 0
         e.st_blksize = 4096
         return e
+
+    def _modes(self) -> tuple[int, int]:
+        return self.opts.dir_mode, self.opts.file_mode
 
     @staticmethod
     def _file_info(o: Opened) -> pyfuse3.FileInfo:
@@ -147,10 +160,14 @@ class SheepFS(pyfuse3.Operations):
     @_guarded("lookup")
     async def lookup(self, parent_inode, name, ctx=None):
         self._first_request()
+        if self.snapdir.owns(parent_inode):
+            return await self.snapdir.lookup(parent_inode, name, *self._modes())
         if parent_inode != ROOT:
             raise pyfuse3.FUSEError(errno.ENOENT)
         if name in (b".", b".."):
             return self._root()
+        if name == SNAPSHOTS_DIR:
+            return self.snapdir.top()
         return self._entry(await self.core.lookup(_vdi_name(name)))
 
     @_guarded("getattr")
@@ -158,23 +175,44 @@ class SheepFS(pyfuse3.Operations):
         self._first_request()
         if inode == ROOT:
             return self._root()
+        if self.snapdir.owns(inode):
+            return self.snapdir.getattr(inode, *self._modes())
         return self._entry(await self.core.getattr(inode))
 
     @_guarded("setattr")
     async def setattr(self, inode, attr, fields, fh, ctx):
         if inode == ROOT:
             return self._root()
+        if self.snapdir.owns(inode):  # times are accepted, not kept (`touch` of a snapshot)
+            if fields.update_size:
+                raise pyfuse3.FUSEError(errno.EROFS)
+            return self.snapdir.getattr(inode, *self._modes())
         if fields.update_size:
-            return self._entry(await self.core.truncate(inode, attr.st_size, fh))
-        # Mode, owner and times are not stored in Sheepdog: accepted and not kept, so tools
-        # such as rsync -a and cp -p work (the README says so).
-        return self._entry(await self.core.getattr(inode))
+            a = await self.core.truncate(inode, attr.st_size, fh)
+        if fields.update_atime or fields.update_mtime:  # kept with the VDI
+            atime = attr.st_atime_ns if fields.update_atime else None
+            mtime = attr.st_mtime_ns if fields.update_mtime else None
+            a = await self.core.set_times(inode, fh, atime, mtime)
+        elif not fields.update_size:
+            # Mode and owner are not stored in Sheepdog: accepted and not kept, so tools
+            # such as rsync -a and cp -p work (the README says so).
+            a = await self.core.getattr(inode)
+        return self._entry(a)
 
     async def opendir(self, inode, ctx):
-        if inode != ROOT:
+        if inode != ROOT and not self.snapdir.is_dir(inode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         self._last_dir += 1
+        self._dirs[self._last_dir] = inode
         return self._last_dir
+
+    async def _list(self, inode: int) -> list[tuple[bytes, pyfuse3.EntryAttributes]]:
+        if inode != ROOT:
+            return await self.snapdir.entries(inode, *self._modes())
+        listing = [(encode(name), self._entry(a)) for name, a in await self.core.readdir()]
+        if self.opts.show_snapshots:
+            listing.insert(0, (SNAPSHOTS_DIR, self.snapdir.top()))
+        return listing
 
     @_guarded("readdir")
     async def readdir(self, fh, start_id, token):
@@ -182,14 +220,15 @@ class SheepFS(pyfuse3.Operations):
         # the listing is taken once per pass over the directory, not once per page.
         entries = self._listings.get(fh)
         if entries is None or start_id == 0:
-            entries = self._listings[fh] = await self.core.readdir()
+            entries = self._listings[fh] = await self._list(self._dirs.get(fh, ROOT))
         for i in range(start_id, len(entries)):
-            name, attrs = entries[i]
-            if not pyfuse3.readdir_reply(token, encode(name), self._entry(attrs), i + 1):
+            name, entry = entries[i]
+            if not pyfuse3.readdir_reply(token, name, entry, i + 1):
                 break
 
     async def releasedir(self, fh):
         self._listings.pop(fh, None)
+        self._dirs.pop(fh, None)
 
     @_guarded("statfs")
     async def statfs(self, ctx):
@@ -210,11 +249,16 @@ class SheepFS(pyfuse3.Operations):
     @_guarded("open")
     async def open(self, inode, flags, ctx):
         writing = flags & os.O_ACCMODE != os.O_RDONLY
+        if self.snapdir.owns(inode):  # a snapshot never changes: the kernel may keep it
+            fh = self.core.snapshots.open(inode, writing or bool(flags & os.O_TRUNC))
+            return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
         opened = await self.core.open(inode, writing, truncate=bool(flags & os.O_TRUNC))
         return self._file_info(opened)
 
     @_guarded("create")
     async def create(self, parent_inode, name, mode, flags, ctx):
+        if self.snapdir.owns(parent_inode):  # `touch .snapshots/NAME/TAG` takes one
+            return await self.snapdir.take(parent_inode, name, self.opts.file_mode)
         if parent_inode != ROOT:
             raise pyfuse3.FUSEError(errno.ENOENT)
         opened, attrs = await self.core.create(_vdi_name(name))
@@ -222,6 +266,8 @@ class SheepFS(pyfuse3.Operations):
 
     @_guarded("read", by_handle=True)
     async def read(self, fh, off, size):
+        if self.snapdir.owns(fh):
+            return await self.core.snapshots.read(fh, off, size)
         data = await self.core.read(fh, off, size)
         ino = self.core.sequential(fh)
         if ino is not None:
@@ -230,30 +276,41 @@ class SheepFS(pyfuse3.Operations):
 
     @_guarded("write", by_handle=True)
     async def write(self, fh, off, buf):
+        if self.snapdir.owns(fh):
+            raise pyfuse3.FUSEError(errno.EROFS)
         return await self.core.write(fh, off, buf)
 
     @_guarded("flush", by_handle=True)
     async def flush(self, fh):
         # close() waits for FLUSH, not RELEASE: this is where upload errors reach the user.
-        await self.core.flush(fh)
+        if not self.snapdir.owns(fh):
+            await self.core.flush(fh)
 
     @_guarded("fsync", by_handle=True)
     async def fsync(self, fh, datasync):
-        await self.core.fsync(fh)
+        if not self.snapdir.owns(fh):
+            await self.core.fsync(fh)
 
     async def release(self, fh):
+        if self.snapdir.owns(fh):
+            self.core.snapshots.release(fh)
+            return
         ino = await self.core.release(fh)
         if ino is not None:
             self.drop_behind.forget(ino)
 
     @_guarded("unlink")
     async def unlink(self, parent_inode, name, ctx):
+        if self.snapdir.owns(parent_inode):  # `rm .snapshots/NAME/TAG` deletes it
+            return await self.snapdir.remove(parent_inode, name)
         if parent_inode != ROOT:
             raise pyfuse3.FUSEError(errno.ENOENT)
         await self.core.unlink(_vdi_name(name))
 
     @_guarded("rename")
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        if self.snapdir.owns(parent_inode_old) or self.snapdir.owns(parent_inode_new):
+            raise pyfuse3.FUSEError(errno.EPERM)  # a snapshot's tag is fixed when it is taken
         if parent_inode_old != ROOT or parent_inode_new != ROOT:
             raise pyfuse3.FUSEError(errno.ENOENT)
         src, dst = _vdi_name(name_old), _vdi_name(name_new)
@@ -264,12 +321,20 @@ class SheepFS(pyfuse3.Operations):
     async def forget(self, inode_list):
         pass
 
+    async def getxattr(self, inode, name, ctx):
+        return self.xattrs.get(inode, name, ctx.pid)  # the root's tell the status (xattrs.py)
+
+    async def listxattr(self, inode, ctx):
+        return self.xattrs.names(inode)
+
     # -- not supported in a flat store of disk images ----------------------------------------
 
     async def mkdir(self, parent_inode, name, mode, ctx):
         raise pyfuse3.FUSEError(errno.EPERM)
 
     async def rmdir(self, parent_inode, name, ctx):
+        if self.snapdir.owns(parent_inode) or (parent_inode == ROOT and name == SNAPSHOTS_DIR):
+            raise pyfuse3.FUSEError(errno.EPERM)
         raise pyfuse3.FUSEError(errno.ENOTDIR if name not in (b".", b"..") else errno.EINVAL)
 
     async def symlink(self, parent_inode, name, target, ctx):

@@ -14,13 +14,14 @@ import logging.handlers
 import os
 import signal
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyfuse3
 import trio
 
 from ..core.filesystem import Filesystem
 from ..errors import BackendError
+from ..service import Service
 from .adapter import SheepFS
 from .pagecache import raise_read_ahead
 
@@ -50,6 +51,8 @@ class Daemon:
     config: MountConfig
     notify: int | None = None  # the pipe to a waiting parent (see daemonize)
     mounted: bool = False
+    #: What systemd and the log hear: READY=1, progress while pending data is written.
+    service: Service = field(default_factory=Service)
 
     def _mount(self) -> bool:
         options = set(pyfuse3.default_options)
@@ -80,7 +83,9 @@ class Daemon:
                 self.core.start_recovery()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._on_signals)
+                    nursery.start_soon(self.service.announce_ready, self.config.mountpoint)
                     await pyfuse3.main(min_tasks=WORKERS)
+                    self.service.begin_saving(self.core.tasks)  # written as the core stops
                     nursery.cancel_scope.cancel()
         except BackendError as e:
             if self.mounted:
@@ -88,6 +93,7 @@ class Daemon:
             log.error("cannot mount: %s", e)
             self._tell(1)
             return False
+        self.service.stopped(self.core.saved)
         return self.core.saved
 
     def _tell(self, status: int) -> None:
@@ -98,6 +104,7 @@ class Daemon:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("%s: saving pending data, then unmounting", signal.Signals(signum).name)
+                self.service.begin_saving(self.core.tasks)
                 await self.core.sync_all()
                 pyfuse3.terminate()
                 return

@@ -86,6 +86,8 @@ OPTS = {
     "during VDI deletion",
     "-m": "  -m, --max-reclaim       specify the maximum number of reclaimed objects (if this "
     "option is specified, an inode object won't be reclaimed)",
+    "-d": "  -d, --delete            delete a key",
+    "-x": "  -x, --exclusive         write in an exclusive mode",
 }
 # command -> (options in usage order, options taking an argument, usage tail)
 COMMANDS = {
@@ -97,6 +99,8 @@ COMMANDS = {
     ("vdi", "resize"): ("aphT", "ap", "[-a address] [-p port] [-h] [-T] <vdiname> <new size>"),
     ("vdi", "snapshot"): ("saphrvTR", "sap", "[-s snapshot] [-a address] [-p port] [-h] [-r] [-v] [-T] [-R] <vdiname>"),  # noqa: E501
     ("vdi", "clone"): ("sPnaphrvT", "sap", "[-s snapshot] [-P] [-n] [-a address] [-p port] [-h] [-r] [-v] [-T] <src vdi> <dst vdi>"),  # noqa: E501
+    ("vdi", "setattr"): ("dxaphT", "ap", "[-d] [-x] [-a address] [-p port] [-h] [-T] <vdiname> <key> [value]"),  # noqa: E501
+    ("vdi", "getattr"): ("aphT", "ap", "[-a address] [-p port] [-h] [-T] <vdiname> <key>"),
     ("node", "list"): ("aphr", "ap", "[-a address] [-p port] [-h] [-r]"),
     ("node", "info"): ("aphr", "ap", "[-a address] [-p port] [-h] [-r]"),
     ("cluster", "info"): ("aphrv", "ap", "[-a address] [-p port] [-h] [-r] [-v]"),
@@ -105,7 +109,7 @@ LONG = {
     "address": "a", "port": "p", "help": "h", "raw": "r", "verbose": "v", "snapshot": "s",
     "prealloc": "P", "hyper": "y", "copies": "c", "block_size_shift": "z", "no-share": "n",
     "time": "T", "reduce-identical-snapshots": "R", "nr-batched-reclamation": "B",
-    "reclamation-interval": "I", "max-reclaim": "m",
+    "reclamation-interval": "I", "max-reclaim": "m", "delete": "d", "exclusive": "x",
 }  # fmt: skip
 
 
@@ -939,6 +943,79 @@ def cmd_cluster_info(store: Store, opts: dict, args: list[bytes]) -> None:
             f"{stamp}      1 [{members}]\n")  # fmt: skip
 
 
+# -- VDI attributes ------------------------------------------------------------------------
+#
+# As Sheepdog keeps them (sheep/vdi.c:get_vdi_attr, docs/PROTOCOL.md P12): by the VDI's
+# *name*, in slots probed from the key's hash. A plain set writes the hash slot without a
+# probe; -x probes and takes the first missing slot; -d clears the first slot holding the
+# key (its value stays) and get reads that slot. Nothing removes them: they outlive the VDI
+# and the next VDI of that name finds them.
+
+
+def attr_slots(state: dict, name: bytes, key: bytes) -> list[dict]:
+    names = state.setdefault("attrs", {}).setdefault(b64(name), {})
+    return names.setdefault(b64(key), [])
+
+
+def attr_cluster(store: Store, opts: dict, what: str, rc: int) -> None:
+    """The cluster-op failures: unreachable, unformatted (what dog prints for each)."""
+    addr, port = target(opts)
+    if not reachable(store, addr, port):
+        refused(addr, port)
+        fail(f"{what}: I/O error", rc)
+    if not store.config["formatted"]:
+        fail(f"{what}: Waiting for cluster to be formatted", rc)
+
+
+def attr_args(cmd: tuple[str, str], args: list[bytes]) -> tuple[bytes, bytes]:
+    if not args:
+        usage(cmd)
+    if len(args) < 2:
+        err("Please specify the attribute key\n")
+        usage(cmd)
+    return args[0][:MAX_NAME], args[1][:255]
+
+
+def cmd_vdi_setattr(store: Store, opts: dict, args: list[bytes]) -> None:
+    cmd = ("vdi", "setattr")
+    name, key = attr_args(cmd, args)
+    delete, excl = bool(opts.get("d")), bool(opts.get("x"))
+    value = args[2] if len(args) > 2 else None
+    if value is None and not delete:
+        value = read_stdin(65536).split(b"\0", 1)[0]  # dog keeps strlen(value) bytes
+    attr_cluster(store, opts, "Failed to set attribute", 1)
+    with store.locked() as state:
+        if working(state, name) is None:
+            fail("VDI not found", 5)
+        slots = attr_slots(state, name, key)
+        live = next((s for s in slots if not s["deleted"]), None)
+        if delete:
+            if live is None:
+                fail(b"Attribute '%s' not found" % key, 5)
+            live["deleted"] = True  # one NUL over the name: the value stays
+        elif excl:
+            if live is not None:
+                fail(b"The attribute '%s' already exists" % key, 3)
+            slots.append({"value": b64(value or b""), "deleted": False})
+        else:
+            new = {"value": b64(value or b""), "deleted": False}
+            slots[:1] = [new]
+        store.save()
+
+
+def cmd_vdi_getattr(store: Store, opts: dict, args: list[bytes]) -> None:
+    cmd = ("vdi", "getattr")
+    name, key = attr_args(cmd, args)
+    attr_cluster(store, opts, "Failed to find attribute oid", 5)
+    state = store.snapshot_state()
+    if working(state, name) is None:
+        fail("VDI not found", 5)
+    live = next((s for s in attr_slots(state, name, key) if not s["deleted"]), None)
+    if live is None:
+        fail(b"Attribute '%s' not found" % key, 5)
+    out(unb64(live["value"]))
+
+
 HANDLERS = {
     ("vdi", "create"): cmd_vdi_create,
     ("vdi", "list"): cmd_vdi_list,
@@ -948,6 +1025,8 @@ HANDLERS = {
     ("vdi", "resize"): cmd_vdi_resize,
     ("vdi", "snapshot"): cmd_vdi_snapshot,
     ("vdi", "clone"): cmd_vdi_clone,
+    ("vdi", "setattr"): cmd_vdi_setattr,
+    ("vdi", "getattr"): cmd_vdi_getattr,
     ("node", "list"): cmd_node_list,
     ("node", "info"): cmd_node_info,
     ("cluster", "info"): cmd_cluster_info,

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from ...errors import BackendError, NotFound, NotPermitted, Unavailable
 from ..base import Backend, Buffer, FsStats, Hints, Layout, VdiInfo, check_name
 from . import process
+from .attrs import AttributeCalls
 from .errors import error_for
 from .listing import DogRow, parse_node_info, parse_share, parse_vdi_list, to_vdi_info
 
@@ -28,7 +29,7 @@ def _layout_opts(layout: Layout) -> list[str]:
     return opts
 
 
-class DogBackend(Backend):
+class DogBackend(AttributeCalls, Backend):
     """A Sheepdog cluster through its CLI: one ``dog`` process per call."""
 
     #: A dog process costs 15-50 ms whatever it carries (docs/SHEEPDOG.md F5): the longer
@@ -176,6 +177,26 @@ class DogBackend(Backend):
         _, err = await self._run("delete snapshot", name, argv)
         if err.strip():
             raise error_for("delete snapshot", name, 0, err)
+
+    async def snapshots(self, name: bytes) -> list[VdiInfo]:
+        """The ``s`` rows of ``dog vdi list -r NAME`` (oldest first, as dog lists them)."""
+        check_name("snapshots", name)
+        try:
+            rows = await self._list_rows("snapshots", name)
+        except NotFound:
+            return []
+        mine = [r for r in rows if r.name == name and r.kind == "s"]
+        return sorted(self._infos("snapshots", name, mine), key=lambda i: i.snapshot_id)
+
+    async def read_snapshot(self, name: bytes, snapshot_id: int, offset: int, length: int) -> bytes:
+        """``dog vdi read -s ID``: an id, never a tag (a tag may look like an option)."""
+        check_name("read", name)
+        if length <= 0:
+            return b""
+        opts = ("-s", str(int(snapshot_id)))
+        argv = self._argv(("vdi", "read"), name, str(offset), str(length), opts=opts)
+        out, _ = await self._run("read", name, argv)
+        return out
 
     # -- data --------------------------------------------------------------------------------
 

@@ -19,9 +19,16 @@ from ...errors import (
     Unavailable,
 )
 
+
+class MissingAttribute(NotFound):
+    """``dog vdi getattr`` or ``setattr -d`` of a key the VDI does not have."""
+
+
 # stderr text -> exception, first match wins (docs/SHEEPDOG.md F17).
 _ERRORS: Sequence[tuple[str, type[BackendError]]] = (
+    ("' not found", MissingAttribute),  # "Attribute 'KEY' not found" (exit 5)
     ("No VDI found", NotFound),
+    ("VDI not found", NotFound),  # vdi setattr/getattr (exit 5, as for a missing key)
     ("Failed to find requested tag", NotFound),
     ("VDI exists already", Exists),
     ("is existed", Exists),

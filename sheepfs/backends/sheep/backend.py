@@ -30,16 +30,17 @@ from ..base import (
     Hints,
     Layout,
     VdiInfo,
-    VdiKind,
     check_name,
 )
 from . import proto
+from .attrs import AttributeOps
 from .client import SheepClient
 from .cluster import ClusterInfo
 from .data import DataPath, run_all
 from .inode import Vdi, find_vid, load, read_entries, read_header
-from .listing import list_vdis, stat_nodes
+from .listing import list_vdis, stat_nodes, to_info
 from .proto import INDEX_OFFSET, Op, Res
+from .snapshots import SnapshotReads
 from .stream import prefetch
 from .structs import InodeHeader, ec_policy
 
@@ -49,22 +50,6 @@ log = logging.getLogger(__name__)
 UPLOAD_WINDOW = 64 << 20
 
 
-def to_info(name: bytes, vdi: Vdi) -> VdiInfo:
-    h = vdi.header
-    data, parity = h.data_parity
-    kind = VdiKind.SNAPSHOT if h.is_snapshot else VdiKind.CLONE if h.is_clone else VdiKind.WORKING
-    return VdiInfo(
-        name=name,
-        size=h.vdi_size,
-        used=vdi.used(),
-        ctime=h.create_time >> 32,
-        kind=kind,
-        layout=Layout(h.block_size_shift, data, parity),
-        snapshot_id=h.snap_id if h.is_snapshot else 0,
-        tag=h.tag,
-    )
-
-
 def _check_tag(op: str, name: bytes, tag: str) -> bytes:
     raw = tag.encode()
     if not raw or raw.isdigit() or len(raw) > 255 or b"\0" in raw:
@@ -72,7 +57,7 @@ def _check_tag(op: str, name: bytes, tag: str) -> bytes:
     return raw
 
 
-class SheepBackend(Backend):
+class SheepBackend(AttributeOps, Backend):
     """A Sheepdog 1.0 cluster through its own protocol (see the module docstring)."""
 
     #: Calls are cheap: many may run at once, and a write-back run of many objects goes out
@@ -84,6 +69,7 @@ class SheepBackend(Backend):
         serialize_ec_writes=True,
         cheap_lookup=True,
         partial_reads=True,
+        cheap_attrs=True,
     )
 
     def __init__(self, addresses: Sequence[tuple[str, int]], timeout: float = 60.0) -> None:
@@ -96,6 +82,7 @@ class SheepBackend(Backend):
         self._loading: dict[bytes, trio.Lock] = {}
         self._default_shift = 22
         self._defaults: ClusterInfo | None = None  # what open() probed
+        self._snaps = SnapshotReads()
 
     @property
     def client(self) -> SheepClient:
@@ -157,7 +144,9 @@ class SheepBackend(Backend):
     # -- metadata ----------------------------------------------------------------------------
 
     async def list(self) -> dict[bytes, VdiInfo]:
+        started = trio.current_time()
         found = await list_vdis(self.client)
+        self._snaps.saw(found, started)
         out = {}
         for vdi in found:
             if not vdi.header.is_snapshot:
@@ -217,11 +206,11 @@ class SheepBackend(Backend):
         await self._delete_vid(name, b"", vid)
         self._vdis.pop(name, None)
 
-    async def _delete_vid(self, name: bytes, tag: bytes, vid: int) -> None:
+    async def _delete_vid(self, name: bytes, tag: bytes, vid: int, snapid: int = 0) -> None:
         header = await read_header(self.client, "delete", vid)
         if not header.hyper:
             await self._zero_index(name, vid, await read_entries(self.client, "delete", header))
-        req = proto.vdi_request(Op.DEL_VDI, name, tag)
+        req = proto.vdi_request(Op.DEL_VDI, name, tag, snapid)
         reply = proto.checked("delete", name, await self.client.call(req, resend=False))
         if reply.vdi_id != vid:
             log.warning("delete %r: deleted vid %#x, not %#x (changed meanwhile)", name,
@@ -280,9 +269,10 @@ class SheepBackend(Backend):
         if vdi is None or vdi.vid != vid or self._data is None:
             await self._snapshot_vid(name, raw, vid, h)
             self._vdis.pop(name, None)
-            return
-        async with self._data.quiesced(vdi):  # no create+index pair may race it (rule 15)
-            await self._data.moved(vdi, await self._snapshot_vid(name, raw, vid, h))
+        else:
+            async with self._data.quiesced(vdi):  # no create+index pair may race (rule 15)
+                await self._data.moved(vdi, await self._snapshot_vid(name, raw, vid, h))
+        self._snaps.forget(name)
 
     async def _snapshot_vid(self, name: bytes, raw: bytes, vid: int, h: InodeHeader) -> int:
         """Tag working vid ``vid`` and make a new working VDI on it; the new vid."""
@@ -308,11 +298,22 @@ class SheepBackend(Backend):
 
     async def delete_snapshot(self, name: bytes, tag: str) -> None:
         check_name("delete snapshot", name)
-        raw = _check_tag("delete snapshot", name, tag)
-        vid = await find_vid(self.client, "delete snapshot", name, raw)
+        snapid = int(tag) if tag.isdigit() else 0  # as dog reads -s: digits are an id
+        raw = b"" if snapid else _check_tag("delete snapshot", name, tag)
+        vid = await find_vid(self.client, "delete snapshot", name, raw, snapid)
         if vid is None:
             raise NotFound("delete snapshot", name, f"Failed to find requested tag {tag}")
-        await self._delete_vid(name, raw, vid)
+        await self._delete_vid(name, raw, vid, snapid)
+        self._snaps.forget(name)
+
+    async def snapshots(self, name: bytes) -> list[VdiInfo]:
+        check_name("snapshots", name)
+        return await self._snaps.of(self.client, name)
+
+    async def read_snapshot(self, name: bytes, snapshot_id: int, offset: int, length: int):
+        check_name("read", name)
+        assert self._data is not None
+        return await self._snaps.read(self._data, name, snapshot_id, offset, length)
 
     # -- data --------------------------------------------------------------------------------
 

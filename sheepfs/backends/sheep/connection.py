@@ -329,6 +329,8 @@ class Connection:
                 got += k
                 continue
             if self._drained:  # the last recv emptied the socket: wait before the next
+                if self._sock.fileno() < 0:  # closed meanwhile (a send failed): no fd to wait on
+                    raise ConnectionLost(self.why or "the connection was closed")
                 await trio.lowlevel.wait_readable(self._sock)
             direct = size - got >= _DIRECT
             target = view[got:] if direct else self._rbuf

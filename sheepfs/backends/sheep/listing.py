@@ -12,7 +12,7 @@ import struct
 import trio
 
 from ...errors import BackendError
-from ..base import FsStats
+from ..base import FsStats, Layout, VdiInfo, VdiKind
 from . import proto
 from .client import SheepClient
 from .cluster import ClusterInfo
@@ -28,6 +28,23 @@ AT_ONCE = 32
 #: Index entries read with the header in the same request (VDIs up to 4 GiB at 4 MiB
 #: objects need no second request).
 WITH_HEADER = 1024
+
+
+def to_info(name: bytes, vdi: Vdi) -> VdiInfo:
+    h = vdi.header
+    data, parity = h.data_parity
+    kind = VdiKind.SNAPSHOT if h.is_snapshot else VdiKind.CLONE if h.is_clone else VdiKind.WORKING
+    return VdiInfo(
+        name=name,
+        size=h.vdi_size,
+        used=vdi.used(),
+        ctime=h.create_time >> 32,
+        kind=kind,
+        layout=Layout(h.block_size_shift, data, parity),
+        snapshot_id=h.snap_id if h.is_snapshot else 0,
+        tag=h.tag,
+        ctime_ns=(h.create_time >> 32) * 1_000_000_000 + (h.create_time & 0xFFFFFFFF),
+    )
 
 
 async def live_vids(client: SheepClient) -> list[int]:

@@ -1,0 +1,299 @@
+"""The times of every VDI: read, cached, stored and dropped (values: :mod:`.times`).
+
+The key is dropped before a VDI is deleted (:meth:`TimeKeeper.delete`) and set right after
+one is created (:meth:`TimeKeeper.bind`), because Sheepdog would hand it to the next VDI of
+the name. Where reading many names costs one call (``hints.cheap_attrs``: the sheep backend
+pipelines them) a listing first reads the times of the VDIs it has not read yet (after a
+mount: all of them, in one call), and reads the others again behind it, once per listing
+TTL; a lookup of one name reads it if it is older than that. Otherwise (dog: a process per
+name) a listing never waits: a name not read yet shows its creation time and is read in the
+background, and a lookup of one name waits for that one call. What is read is trusted only
+for the VDI it was set for (:func:`.times.trusted`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import trio
+
+from ..backends.base import Backend, VdiInfo
+from ..errors import BackendError, NotFound
+from ..supervisor import Supervisor
+from .times import KEY, Times, encode, trusted
+
+log = logging.getLogger(__name__)
+
+#: Where a name costs a call of its own: seconds a read value is used before a lookup reads
+#: it again (in the background); reads running at once in the background, and seconds they
+#: wait before they begin, so that the listing that queued them is served first (dog's
+#: processes take the CPU the kernel's further readdir pages would wait for).
+REFRESH_AFTER = 60.0
+BACKGROUND_READS = 2
+BACKGROUND_DELAY = 1.0
+#: A VDI whose creation time could not be read back (dog) is bound to the time we created
+#: it; the listing's time may differ by this much and still be that VDI.
+GUESS_SLACK = 5
+
+
+@dataclass
+class _Known:
+    """What is known of one name's times: for the VDI created at ``ctime``."""
+
+    ctime: int
+    ctime_ns: int
+    times: Times | None  # None: read, and nothing valid is kept
+    at: float  # trio clock: when read or stored
+    confirmed: bool = True  # False: bound to a guessed creation time (see GUESS_SLACK)
+
+    def valid_for(self, info: VdiInfo) -> bool:
+        if not self.confirmed:
+            return abs(info.ctime - self.ctime) <= GUESS_SLACK
+        if self.ctime_ns and info.ctime_ns:
+            return self.ctime_ns == info.ctime_ns
+        return self.ctime == info.ctime
+
+
+class TimeKeeper:
+    """The times of every VDI: read, cached, stored and dropped (see the module docstring).
+
+    Reading never fails an operation (a failure is logged and the creation time shown);
+    storing and dropping raise, and each caller decides what that means.
+    """
+
+    def __init__(self, backend: Backend, tasks: Supervisor, ttl: float = 1.0) -> None:
+        self.backend = backend
+        self.tasks = tasks
+        self.ttl = ttl
+        self.cheap = backend.hints.cheap_attrs
+        self._known: dict[bytes, _Known] = {}
+        self._changed: dict[bytes, float] = {}  # when we last stored or dropped a name's
+        self._reading: dict[bytes, trio.Event] = {}
+        self._guesses: dict[bytes, int] = {}  # bind's guessed creation time of a name
+        self._queue: dict[bytes, VdiInfo] = {}  # names to read in the background
+        self._reader = False
+        self._refreshing = False
+        self._failing = False  # the last read failed: later failures are logged at debug
+
+    # -- what is shown -----------------------------------------------------------------------
+
+    def known(self, info: VdiInfo) -> Times | None:
+        k = self._known.get(info.name)
+        return k.times if k is not None and k.valid_for(info) else None
+
+    def shown(self, info: VdiInfo) -> Times:
+        return self.known(info) or Times.created(info.ctime)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _unknown(self, info: VdiInfo, max_age: float) -> bool:
+        k = self._known.get(info.name)
+        return k is None or not k.valid_for(info) or trio.current_time() - k.at >= max_age
+
+    async def listed(self, listing: dict[bytes, VdiInfo]) -> None:
+        """A listing is about to be shown: the times of VDIs not read yet are read first
+        (one call; dog: in the background, never waited for); those read more than a TTL
+        ago are read again behind it, so a listing does not wait for them."""
+        infos = list(listing.values())
+        self._prune(listing)
+        self._rebind_later(infos)
+        if self.cheap:
+            await self._read([i for i in infos if self._unknown(i, float("inf"))])
+            self._refresh_later([i for i in infos if self._unknown(i, self.ttl)])
+            return
+        for info in infos:
+            if self._unknown(info, float("inf")) and info.name not in self._reading:
+                self._queue[info.name] = info
+        self._start_reader()
+
+    async def looked_up(self, info: VdiInfo) -> None:
+        """One name is about to be shown: its times are read first if unknown (one call)."""
+        self._rebind_later([info])
+        if self.cheap:
+            if self._unknown(info, self.ttl):
+                await self._read([info])
+        elif self._unknown(info, float("inf")):
+            await self._read_one(info)
+        elif self._unknown(info, REFRESH_AFTER):
+            self._queue[info.name] = info
+            self._start_reader()
+
+    async def _read(self, infos: list[VdiInfo]) -> None:
+        if not infos:
+            return
+        started = trio.current_time()
+        try:
+            got = await self.backend.get_attrs(KEY, [i.name for i in infos])
+        except BackendError as e:
+            log.log(logging.DEBUG if self._failing else logging.WARNING,
+                    "times not read (creation times shown): %s", e)  # fmt: skip
+            self._failing = True
+            return
+        self._failing = False
+        for info in infos:
+            if self._changed.get(info.name, float("-inf")) >= started:
+                continue  # stored or dropped by us while this read ran: that is newer
+            attr = got.get(info.name)
+            times = trusted(attr, info) if attr is not None else None
+            self._known[info.name] = _Known(info.ctime, info.ctime_ns, times, started)
+
+    async def _read_one(self, info: VdiInfo) -> None:
+        """Read one name, or wait for the read of it under way."""
+        self._queue.pop(info.name, None)
+        event = self._reading.get(info.name)
+        if event is not None:
+            await event.wait()
+            return
+        event = self._reading[info.name] = trio.Event()
+        try:
+            await self._read([info])
+        finally:
+            del self._reading[info.name]
+            event.set()
+
+    def _refresh_later(self, infos: list[VdiInfo]) -> None:
+        if infos and not self._refreshing and self.tasks.start(self._refresh, infos):
+            self._refreshing = True
+
+    async def _refresh(self, infos: list[VdiInfo]) -> None:
+        try:
+            await self._read(infos)
+        except Exception:  # a bug costs this refresh, never the mount
+            log.exception("reading the times of %d VDIs failed", len(infos))
+        finally:
+            self._refreshing = False
+
+    def _start_reader(self) -> None:
+        if self._queue and not self._reader and self.tasks.start(self._read_queue):
+            self._reader = True
+
+    async def _read_queue(self) -> None:
+        """Background reads of the queued names, a few at a time."""
+        room = trio.Semaphore(BACKGROUND_READS)
+
+        async def one(info: VdiInfo) -> None:
+            try:
+                await self._read_one(info)
+            except Exception:  # a bug costs this read, never the mount
+                log.exception("reading the times of %r failed", info.name)
+            finally:
+                room.release()
+
+        try:
+            await trio.sleep(BACKGROUND_DELAY)
+            while self._queue:  # names queued while the last ones were read go too
+                async with trio.open_nursery() as nursery:
+                    while self._queue:
+                        await room.acquire()
+                        if self._queue:
+                            nursery.start_soon(one, self._queue.popitem()[1])
+                        else:
+                            room.release()
+        finally:
+            self._reader = False
+
+    def _prune(self, listing: dict[bytes, VdiInfo]) -> None:
+        """Forget names the listing no longer has (not ones we changed a moment ago)."""
+        recent = trio.current_time() - GUESS_SLACK
+        for name in [n for n in self._known if n not in listing]:
+            if self._changed.get(name, float("-inf")) < recent:
+                del self._known[name]
+                self._guesses.pop(name, None)
+        for name in [n for n, when in self._changed.items() if when < recent]:
+            del self._changed[name]
+
+    # -- storing -----------------------------------------------------------------------------
+
+    async def store(self, name: bytes, ctime: int, ctime_ns: int, times: Times,
+                    confirmed: bool = True) -> None:  # fmt: skip
+        """Keep ``times`` for the VDI ``name`` created at ``ctime``."""
+        self._changed[name] = trio.current_time()
+        await self.backend.set_attr(name, KEY, encode(ctime, times))
+        self._known[name] = _Known(ctime, ctime_ns, times, trio.current_time(), confirmed)
+        self._changed[name] = trio.current_time()
+
+    async def keep(self, name: bytes, ctime: int, times: Times) -> None:
+        """:meth:`store` for the VDI created at ``ctime`` (as :meth:`bind` returned it: a
+        guess, maybe, that a listing has corrected since)."""
+        k = self._known.get(name)
+        if k is not None and self._guesses.get(name) == ctime:
+            ctime = k.ctime
+        same = k is not None and k.ctime == ctime
+        ctime_ns, confirmed = (k.ctime_ns, k.confirmed) if k is not None and same else (0, True)
+        await self.store(name, ctime, ctime_ns, times, confirmed)
+
+    async def bind(self, name: bytes, times: Times) -> tuple[int, int]:
+        """A VDI of ours was just created as ``name``: store its times, over whatever an
+        earlier VDI of the name left. Returns its creation time (s, ns): read back where a
+        lookup is cheap, else the time now, checked against the next listing of it."""
+        if self.backend.hints.cheap_lookup:
+            info = await self.backend.lookup(name)
+            if info is None:
+                raise NotFound("set times", name, "the VDI just created is gone")
+            await self.store(name, info.ctime, info.ctime_ns, times)
+            return info.ctime, info.ctime_ns
+        guess = self._guesses[name] = int(time.time())
+        await self.store(name, guess, 0, times, confirmed=False)
+        return guess, 0
+
+    def _rebind_later(self, infos: Iterable[VdiInfo]) -> None:
+        for name, ctime, times in self._confirm(infos):
+            self.tasks.start(self._rebind, name, ctime, times)
+
+    def _confirm(self, infos: Iterable[VdiInfo]) -> list[tuple[bytes, int, Times]]:
+        """Check guessed creation times against listed ones; the names to store again."""
+        again = []
+        for info in infos:
+            k = self._known.get(info.name)
+            if k is None or k.confirmed:
+                continue
+            if info.ctime == k.ctime:
+                k.confirmed, k.ctime_ns = True, info.ctime_ns
+            elif k.valid_for(info) and k.times is not None:
+                again.append((info.name, info.ctime, k.times))
+            else:
+                del self._known[info.name]  # not the VDI we created any more
+        return again
+
+    async def _rebind(self, name: bytes, ctime: int, times: Times) -> None:
+        try:
+            await self.store(name, ctime, 0, times)
+        except BackendError as e:
+            log.warning("times of %r not stored again for its creation time: %s", name, e)
+
+    async def confirm_all(self) -> None:
+        """At unmount: bind every guessed creation time to the listed one (one listing)."""
+        if not any(not k.confirmed for k in self._known.values()):
+            return
+        try:
+            for name, ctime, times in self._confirm((await self.backend.list()).values()):
+                await self.store(name, ctime, 0, times)
+        except BackendError as e:
+            log.warning("times of new files may not be kept: %s", e)
+
+    async def drop(self, name: bytes) -> None:
+        self._changed[name] = trio.current_time()
+        self._known.pop(name, None)
+        self._guesses.pop(name, None)
+        try:
+            await self.backend.drop_attr(name, KEY)
+        except NotFound:
+            pass  # no VDI of that name: nothing that a drop could reach
+        self._changed[name] = trio.current_time()
+
+    async def delete(self, name: bytes) -> None:
+        """Delete the VDI ``name``, its times first; if the delete fails they are put back."""
+        kept = (await self.backend.get_attrs(KEY, [name])).get(name)
+        await self.drop(name)
+        try:
+            await self.backend.delete(name)
+        except BackendError:
+            if kept is not None:
+                try:
+                    await self.backend.set_attr(name, KEY, kept.value)
+                except BackendError as e:
+                    log.warning("times of %r lost with its failed delete: %s", name, e)
+            raise
