@@ -49,10 +49,9 @@ async def put_back(files: OpenFiles, catalog: Catalog, aside: Aside, quiet: bool
     the cluster did not let it (the record stays)."""
     name, tag = aside.vdi_name, aside.tag
     try:
-        exists = await catalog.get(name) is not None
-        made_again = any(f.name == name and not f.gone for f in files.by_id.values())
-        if (exists or made_again) and aside.kind == "rename":
-            aside.remove()  # never deleted, or a new file of that name has been made since
+        exists = await files.backend.lookup(name) is not None  # not a listing of before
+        if exists and aside.kind == "rename":
+            aside.remove()  # a new file of that name has been made since
             return True
         if exists:
             await files.times.delete(name)

@@ -15,7 +15,7 @@ import time
 
 from ..backends.base import Backend
 from ..cache.cache import ChunkCache
-from ..errors import BackendError
+from ..errors import BackendError, NotFound
 from ..spool import Aside, Spool, has_data
 from .catalog import Catalog
 from .openfile import OpenFile, State
@@ -83,7 +83,10 @@ class Replacer:
             )
         if f.id not in self.records:  # before the delete: after a crash it is put back
             self.records[f.id] = self.spool.set_aside(f.name, f.aside, "replace")
-        await self.times.delete(f.name)  # its times first: the new VDI gets its own
+        try:
+            await self.times.delete(f.name)  # its times first: the new VDI gets its own
+        except NotFound:  # an earlier try's delete landed though it failed (its reply lost)
+            log.info("replacing %r: its VDI was deleted already", f.name)
         self.catalog.remove(f.name)
         f.backend_size = 0
         f.to(State.STAGED)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import trio
 
 from ..backends.base import Backend
-from ..errors import BackendError
+from ..errors import BackendError, Exists
 from ..supervisor import Supervisor
 from .filetimes import created
 from .openfile import OpenFile, State
@@ -67,6 +67,7 @@ class Uploader:
         self.record = record  # tells the listing about a VDI created or grown
         self.write_behind_min = write_behind_min
         self._behind: set[int] = set()  # ids of files with an upload behind queued or running
+        self._unsure: set[int] = set()  # ids of files whose create failed, maybe after it landed
         self.uploaded = 0  # bytes
         self.files_uploaded = 0
         #: File id -> the upload of it under way (for status: bytes done of total).
@@ -167,7 +168,7 @@ class Uploader:
         """Create the VDI of a STAGED file (under its lock); it reads zero until written."""
         staged = f.staged
         assert staged is not None
-        await self.backend.create(f.name, size, f.layout)
+        size = await self._create(f, size)
         f.to(State.UPLOADING)
         f.ours = set()
         staged.created = True
@@ -175,6 +176,26 @@ class Uploader:
         f.backend_size = size
         await created(self.times, f)  # over whatever an earlier VDI of the name left
         self.record(f)
+
+    async def _create(self, f: OpenFile, size: int) -> int:
+        """Create ``f``'s VDI; returns its size. A create that failed may have landed (its
+        reply lost: a sheep stopped answering, a dog killed at --timeout); if the next one
+        finds the VDI there, it is that one, empty, and the upload goes on into it."""
+        try:
+            await self.backend.create(f.name, size, f.layout)
+        except Exists:
+            info = await self.backend.lookup(f.name) if f.id in self._unsure else None
+            if info is None:
+                raise
+            log.info("%r: the create that failed had made the VDI: the upload goes on", f.name)
+            if info.size < size:
+                await self.backend.resize(f.name, size)
+            size = max(size, info.size)
+        except BackendError:
+            self._unsure.add(f.id)
+            raise
+        self._unsure.discard(f.id)
+        return size
 
     async def create_empty(self, f: OpenFile) -> None:
         """The flush of a new file that holds no data yet (``touch``, ``cmd > new``).
