@@ -239,6 +239,7 @@ def test_the_proxy_of_a_dead_sheep_closes_connections_at_once() -> None:
 @pytest.mark.timeout(400)
 @pytest.mark.skipif(os.geteuid() != 0, reason="the soak mounts its spool disk (tmpfs): root")
 def test_a_short_soak_on_the_fake_dog_ends_clean_and_leaves_nothing() -> None:
+    before = soak_mounts()
     argv = [sys.executable, str(ROOT / "scripts" / "soak"), "--fake", "--duration", "20",
             "--seed", "3", "--max-size", "16M", "--fault-gap", "3"]  # fmt: skip
     p = subprocess.run(argv, capture_output=True, text=True, timeout=380,
@@ -252,5 +253,10 @@ def test_a_short_soak_on_the_fake_dog_ends_clean_and_leaves_nothing() -> None:
     ops = int(last.split()[1])
     faults = int(last.split(", ")[1].split()[0])
     assert ops > 20 and faults >= 2
+    assert soak_mounts() <= before  # its spool disk, its mount point: all gone
+
+
+def soak_mounts() -> set[str]:
+    """Mounts a soak made (another soak may run beside this test)."""
     with open("/proc/mounts") as f:
-        assert "sheepfs-soak-" not in f.read()
+        return {line.split()[1] for line in f if "sheepfs-soak-" in line}
