@@ -75,6 +75,15 @@ class InvalidArgument(BackendError):
     errno = errno.EINVAL
 
 
+class PartialListing(BackendError):
+    """A listing that could not read every VDI (a node down, or recovering): ``found`` is
+    what it could read. A name it lacks may exist all the same, so it is not "not found"."""
+
+    def __init__(self, op: str, found: dict, detail: str) -> None:
+        super().__init__(op, None, detail)
+        self.found = found
+
+
 class Unavailable(BackendError):
     """The cluster cannot be reached, is not formatted, or the CLI is missing."""
 

@@ -211,12 +211,14 @@ async def test_a_full_spool_under_an_upload_behind_the_writer_does_not_end_the_m
     assert backend.data(b"big") == data
 
 
+@pytest.mark.parametrize("said", ["failed", "succeeded"])
 async def test_a_rename_whose_delete_of_the_target_was_cut_off_gives_the_target_back(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, said
 ) -> None:
     """Sheepdog deletes a VDI by zeroing its index, then removing it: a delete cut off
-    between the two (dog killed at --timeout while a sheep held its replies) leaves the
-    target there, reading zeros. Its old data, set aside, must come back all the same."""
+    between the two (dog killed at --timeout while a sheep held its replies, or a dog that
+    exited 0 as the cluster stopped) leaves the target there, reading zeros. Its old data,
+    set aside, must come back all the same."""
     from sheepfs.core import aside
     from tests.core_helpers import mount
 
@@ -232,7 +234,9 @@ async def test_a_rename_whose_delete_of_the_target_was_cut_off_gives_the_target_
             return await real_delete(name)
         await real_delete(name)
         backend.put(b"dst", bytes(len(old)), block_size_shift=SMALL)  # its index zeroed
-        raise Unavailable("delete", name, "dog killed at --timeout")
+        if said == "failed":
+            raise Unavailable("delete", name, "dog killed at --timeout")
+        backend.fail("clone")  # dog said nothing (it exits 0); the cluster went away then
 
     monkeypatch.setattr(backend, "delete", cut_off)
     async with mount(backend, tmp_path) as fs:
@@ -290,3 +294,91 @@ async def test_a_replace_whose_delete_reply_was_lost_goes_on(tmp_path) -> None:
         await fs.release(fh)
     assert fs.saved
     assert backend.data(b"v") == new and backend.snapshot_tags(b"v") == []
+
+
+async def test_sigterm_while_a_file_is_copied_over_keeps_its_old_data(tmp_path) -> None:
+    """SIGTERM (the ordered shutdown) came while ``cp`` was writing over an existing file:
+    the part copied so far was uploaded as the file's new content, and the old data, which
+    had been acknowledged, was gone. The copy never ended, so the old data stays; the part
+    copied is kept in the spool (and the next mount says so)."""
+    backend = MemoryBackend()
+    old = random_bytes(3 * MiB)
+    backend.put(b"v", old, block_size_shift=SMALL)
+    fs = make_fs(backend, tmp_path)
+    async with fs.running():
+        fh = await open_name(fs, b"v", writing=True, truncate=True)
+        await write_all(fs, fh, random_bytes(MiB))  # the copy goes on when the mount ends
+    assert backend.data(b"v") == old
+    [kept] = sorted((tmp_path / "spool").glob("*.data"))
+    assert kept.stat().st_size == MiB
+
+
+async def test_a_leftover_whose_vdi_appears_meanwhile_is_kept_not_retried_for_ever(
+    tmp_path,
+) -> None:
+    """sheepfs was killed while `dog vdi create` of a new file ran; that dog, left running,
+    made the VDI just after the next mount had looked for it. The upload of the leftover
+    then failed with "VDI exists already" at every open, fsync and close of that name, and
+    the unmount said data could not be saved. It is kept instead, as any leftover whose
+    VDI holds other data."""
+    from tests.core_helpers import mount, new_file, read_name
+
+    backend = MemoryBackend()
+
+    async def staged_only(fs: Filesystem) -> None:
+        fh = await new_file(fs, b"v")
+        await write_all(fs, fh, random_bytes(MiB))
+
+    await crashed(make_fs(backend, tmp_path), staged_only)
+    real_create = backend.create
+
+    async def late(name: bytes, size: int, layout=None) -> None:
+        backend.put(name, b"", size=size)  # the earlier run's create, landing just now
+        await real_create(name, size, layout)
+
+    backend.create = late  # type: ignore[method-assign]
+    async with mount(backend, tmp_path) as fs:
+        await fs.recover_spool()
+        backend.create = real_create  # type: ignore[method-assign]
+        assert await read_name(fs, b"v") == bytes(MiB)  # the VDI as it is, no error
+    assert fs.saved
+    assert len(list((tmp_path / "spool").glob("*.data"))) == 1  # the data stays
+
+
+async def test_a_spool_write_failing_while_the_upload_behind_creates_the_vdi(
+    tmp_path, monkeypatch
+) -> None:
+    """The spool filled up while an upload behind the writer of a large new file waited
+    for its VDI to be made: the file tore (its copy can never be whole) meanwhile, and the
+    upload then moved it on as if it had not ("no transition TORN -> UPLOADING"), which
+    ended the daemon. The copy fails; the VDI made for it is deleted again."""
+    import errno
+
+    from sheepfs.spool import StagedFile
+    from tests.core_helpers import OBJ, mount, new_file
+
+    backend = MemoryBackend()
+    creating, go = trio.Event(), trio.Event()
+    real_create = backend.create
+
+    async def slow_create(name: bytes, size: int, layout=None) -> None:
+        creating.set()
+        await go.wait()
+        await real_create(name, size, layout)
+
+    monkeypatch.setattr(backend, "create", slow_create)
+    async with mount(backend, tmp_path, write_behind_min=OBJ) as fs:
+        fh = await new_file(fs, b"big")
+        await write_all(fs, fh, random_bytes(2 * OBJ))
+        with trio.fail_after(5):
+            await creating.wait()  # the upload behind the writer is making the VDI
+        monkeypatch.setattr(StagedFile, "pwrite", lambda *a: (_ for _ in ()).throw(
+            OSError(errno.ENOSPC, "No space left on device")))  # fmt: skip
+        with pytest.raises(OSError):
+            await fs.write(fh, 2 * OBJ, b"more")
+        go.set()
+        await trio.sleep(0.1)
+        with pytest.raises(OSError):
+            await fs.flush(fh)
+        await fs.release(fh)
+    assert backend.info(b"big") is None

@@ -28,6 +28,27 @@ def kinds_for(target: Target) -> list[str]:
     return [k for k in KINDS if k != "node_kill"] if target.fake else list(KINDS)
 
 
+#: What a sheep says when the cluster itself cannot take a request now: unreachable, busy
+#: recovering, or a VDI left broken by a cut-off snapshot (its inode "No object found").
+CLUSTER_SAYS = ("No object found", "I/O error", "Waiting for", "System is shutting down",
+                "failed to read a response", "Connection refused", "did not answer within",
+                "Network error", "Failed to get node list")  # fmt: skip
+#: sheepfs's own confusion, never the cluster's: these make an exit 1 a crash.
+OWN_MISTAKES = ("exists already", "No VDI found", "Traceback", "no transition")
+
+
+def cluster_refused(log: str) -> str:
+    """Why SIGTERM's save failed, if only because the cluster refused it: the errors of
+    the last shutdown (after "saving pending data"), each one the cluster's; else ""."""
+    tail = log.rsplit("saving pending data", 1)[-1] if "saving pending data" in log else ""
+    errors = [line for line in tail.splitlines() if " ERROR sheepfs.core.openfiles: " in line]
+    if not errors or any(w in line for line in errors for w in OWN_MISTAKES):
+        return ""
+    if not all(any(w in line for w in CLUSTER_SAYS) for line in errors):
+        return ""
+    return f"{len(errors)} save(s), data kept in the spool: {errors[-1][-300:]}"
+
+
 class Injector(threading.Thread):
     def __init__(
         self,
@@ -121,6 +142,8 @@ class Injector(threading.Thread):
         rc = self.daemon.term(self.cfg.deadline(self.cfg.budget))
         if rc is None:
             self.report.hang("SIGTERM of sheepfs", ev.start, "sheepfs did not exit")
+        elif rc != 0 and (refused := cluster_refused(self.daemon.log_text())):
+            self.report.note(f"sheepfs exited {rc} after SIGTERM: the cluster refused {refused}")
         elif rc != 0:
             self.report.crash(
                 f"sheepfs exited {rc} after SIGTERM (all pending data must be "

@@ -21,27 +21,31 @@ from ..errors import BackendError
 from ..spool import Aside
 from .catalog import Catalog
 from .openfiles import OpenFiles
-from .replace import drop_snapshot
+from .replace import drop_snapshot, has_snapshot
 
 log = logging.getLogger(__name__)
 
 
 #: Seconds between tries to put back the target of a rename that failed while mounted.
-RETRY = 5.0
+RETRY = 2.0
 
 
 def put_back_later(files: OpenFiles, catalog: Catalog, aside: Aside) -> None:
     """A rename failed once its target's old data was set aside (the cluster went away,
     say): the target gets its old data back as soon as the cluster lets it, in the
     background; if the mount ends first, the next one does it."""
+    catalog.restoring.add(aside.vdi_name)  # meanwhile the name answers EIO, not ENOENT
     files.uploader.tasks.start(_retrying, files, catalog, aside)
 
 
 async def _retrying(files: OpenFiles, catalog: Catalog, aside: Aside) -> None:
     tries = 0
-    while not await put_back(files, catalog, aside, quiet=tries > 0):
-        tries += 1
-        await trio.sleep(RETRY)
+    try:
+        while not await put_back(files, catalog, aside, quiet=tries > 0):
+            tries += 1
+            await trio.sleep(RETRY)
+    finally:
+        catalog.restoring.discard(aside.vdi_name)
 
 
 async def put_back(files: OpenFiles, catalog: Catalog, aside: Aside, quiet: bool = False) -> bool:
@@ -52,6 +56,11 @@ async def put_back(files: OpenFiles, catalog: Catalog, aside: Aside, quiet: bool
         exists = await files.backend.lookup(name) is not None  # not a listing of before
         if exists and aside.kind == "rename":
             aside.remove()  # a new file of that name has been made since
+            return True
+        if not await has_snapshot(files.backend, name, tag):
+            # Recorded just before a snapshot that never landed: nothing was set aside.
+            log.info("%r: no snapshot %s was made, nothing to put back", name, tag)
+            aside.remove()
             return True
         if exists:
             await files.times.delete(name)

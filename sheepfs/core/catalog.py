@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..backends.base import Backend, VdiInfo
+from ..errors import PartialListing, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,30 @@ class Catalog:
     _fetched_at: float = float("-inf")
     _lock: trio.Lock = field(default_factory=trio.Lock)
     _changes: dict[bytes, tuple[float, VdiInfo | None]] = field(default_factory=dict)
+    #: Names spool recovery has yet to decide about (core/recovery.py): asked for, they wait.
+    _held: dict[bytes, trio.Event] = field(default_factory=dict)
+    #: Names whose old data waits to be put back after a rename over them failed: EIO.
+    restoring: set[bytes] = field(default_factory=set)
+    #: Set while the listing in use could not read every VDI.
+    _partial: PartialListing | None = None
+
+    def hold(self, names: set[bytes]) -> None:
+        for name in names:
+            self._held.setdefault(name, trio.Event())
+
+    def let_go(self, names: set[bytes]) -> None:
+        for name in names:
+            if (held := self._held.pop(name, None)) is not None:
+                held.set()
+
+    async def settled(self, name: bytes) -> None:
+        """Return once spool recovery is done with ``name`` (at once if it never held it);
+        Unavailable while its old data waits to be put back (it is neither there nor gone)."""
+        if (held := self._held.get(name)) is not None:
+            await held.wait()
+        if name in self.restoring:
+            why = "a rename over it failed, and its old data is not back yet (a retry is due)"
+            raise Unavailable("lookup", name, why)
 
     def _fresh(self) -> bool:
         return trio.current_time() - self._fetched_at < self.ttl
@@ -39,9 +64,20 @@ class Catalog:
                     await self._refresh()
         return self._vdis
 
-    async def get(self, name: bytes) -> VdiInfo | None:
+    async def get(self, name: bytes, held: bool = False) -> VdiInfo | None:
+        """The VDI ``name``, or None; ``held``: asked by the recovery that holds it."""
+        if not held:
+            await self.settled(name)
         if self._fresh() or not self.backend.hints.cheap_lookup:
-            return (await self.all()).get(name)
+            info = (await self.all()).get(name)
+            if info is not None or self._partial is None or name in self._changes:
+                return info
+            if not self.backend.hints.cheap_lookup:
+                why = f"the listing could not read every VDI ({self._partial.detail})"
+                raise Unavailable("lookup", name, why)
+        return await self._lookup(name)
+
+    async def _lookup(self, name: bytes) -> VdiInfo | None:
         started = trio.current_time()
         info = await self.backend.lookup(name)
         change = self._changes.get(name)
@@ -51,7 +87,13 @@ class Catalog:
 
     async def _refresh(self) -> None:
         started = trio.current_time()
-        vdis = dict(await self.backend.list())
+        try:
+            vdis = dict(await self.backend.list())
+            self._partial = None
+        except PartialListing as e:  # served as far as it goes; a name it lacks is EIO
+            level = logging.DEBUG if self._partial else logging.WARNING  # once, not per TTL
+            log.log(level, "%s; names it does not show answer EIO until one is whole", e)
+            vdis, self._partial = dict(e.found), e
         for name, (when, info) in list(self._changes.items()):
             if when >= started:
                 if info is None:

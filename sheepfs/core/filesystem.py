@@ -20,12 +20,13 @@ from ..errors import Exists, InvalidArgument, NotFound, ReadOnly
 from ..spool import Spool
 from ..supervisor import Supervisor
 from . import filetimes
+from .answers import Attrs, Counters, Opened
 from .calls import BoundedBackend
 from .catalog import Catalog
 from .inodes import Inodes
 from .openfile import OpenFile, State
 from .openfiles import OpenFiles
-from .recovery import recover_spool
+from .recovery import Leftovers, recover_spool
 from .rename import Rename, rename
 from .snapshots import Snapshots
 from .upload import WRITE_BEHIND_MIN
@@ -42,37 +43,6 @@ class CoreConfig:
     write_behind_min: int = WRITE_BEHIND_MIN
     call_timeout: float | None = None  # a deadline of the core's on every backend call
     write_back_interval: float = 5.0  # seconds dirty cached data waits without fsync/close
-
-
-@dataclass(frozen=True)
-class Attrs:
-    ino: int
-    size: int
-    used: int
-    ctime: int
-    object_size: int
-    mtime_ns: int | None = None  # None: the creation time (``ctime``)
-    atime_ns: int | None = None
-
-
-@dataclass(frozen=True)
-class Counters:
-    """What the mount has done since it began (the unmount summary)."""
-
-    files_uploaded: int
-    bytes_uploaded: int
-    bytes_written_back: int
-    backend_calls: int
-    errors: int
-
-
-@dataclass(frozen=True)
-class Opened:
-    """A new handle, and how the kernel should cache what is read through it."""
-
-    fh: int
-    direct_io: bool
-    keep_cache: bool
 
 
 def _missing(op: str, name: bytes | None) -> NotFound:
@@ -121,11 +91,15 @@ class Filesystem:
             await self.files.retire_all()
 
     def start_recovery(self) -> None:
-        """Upload, in the background, what an earlier run left in the spool."""
-        self.tasks.start(recover_spool, self.spool, self.catalog, self.files, self.inodes)
+        """Upload, in the background, what an earlier run left in the spool; the names it
+        concerns wait for it (called before the mount serves)."""
+        left = Leftovers.of(self.spool)
+        self.catalog.hold(left.names)
+        self.tasks.start(recover_spool, left, self.catalog, self.files, self.inodes)
 
     async def recover_spool(self) -> None:
-        await recover_spool(self.spool, self.catalog, self.files, self.inodes)
+        left = Leftovers.of(self.spool)
+        await recover_spool(left, self.catalog, self.files, self.inodes)
 
     async def _write_back_periodically(self) -> None:
         while True:
@@ -175,6 +149,7 @@ class Filesystem:
         return Attrs(ino, size, used, info.ctime, osz, t.mtime_ns, t.atime_ns)
 
     async def lookup(self, name: bytes) -> Attrs:
+        await self.catalog.settled(name)  # spool recovery decides about it first
         f = self.file(name)
         if f is not None:
             return self._attrs(f)
@@ -245,6 +220,7 @@ class Filesystem:
 
     async def unlink(self, name: bytes) -> None:
         self._check_writable("unlink", name)
+        await self.catalog.settled(name)
         f = self.file(name)
         if f is not None:
             async with f.lock:  # an upload under way ends first: then it has a VDI or not
@@ -266,6 +242,8 @@ class Filesystem:
         self._check_writable("rename", src)
         if src == dst:
             return
+        await self.catalog.settled(src)
+        await self.catalog.settled(dst)
         src_file, dst_file = self.file(src), self.file(dst)
         src_info = await self.catalog.get(src)
         if src_file is None and src_info is None:
@@ -336,6 +314,7 @@ class Filesystem:
 
     async def create(self, name: bytes) -> tuple[Opened, Attrs]:
         self._check_writable("create", name)
+        await self.catalog.settled(name)
         if self.file(name) is not None or await self.catalog.get(name) is not None:
             raise Exists("create", name, "the file exists", quiet=True)
         f = self.files.create(self.inodes.ino_for(name), name)

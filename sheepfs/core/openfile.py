@@ -79,6 +79,7 @@ class OpenFile(ObjectGeometry):
     ours: set[int] = field(default_factory=set)  # UPLOADING: objects holding our data
     has_data: set[int] = field(default_factory=set)  # spool objects given non-zero bytes
     aside: str | None = None  # the snapshot holding the old data while it is replaced
+    aside_tried: str | None = None  # the tag of a snapshot for it that may have landed
     behind_failed: Exception | None = None  # an upload behind the writer failed: wait for close
     torn: OSError | None = None  # TORN: the spool write that failed
     torn_from: State | None = None  # TORN: the state it was torn in

@@ -263,6 +263,13 @@ class OpenFiles:
         for f in list(self.by_id.values()):
             if not self.has_pending(f):
                 continue
+            if f.opens and f.state is State.REPLACING:
+                # Still being written over a file (``cp`` over it): its new data is not
+                # complete, and its old data stays rather than give way to a part of it.
+                log.warning("%r was being written over when the mount ended: its old data "
+                            "stays; what was written is kept in %s", f.name,
+                            f.staged.path if f.staged else "?")  # fmt: skip
+                continue
             try:
                 await self.sync(f)
             except BackendError as e:

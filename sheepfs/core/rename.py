@@ -21,7 +21,7 @@ from .catalog import Catalog
 from .filetimes import current
 from .openfile import OpenFile, State
 from .openfiles import OpenFiles
-from .replace import drop_snapshot, snapshot_tag
+from .replace import drop_snapshot, snapshot_tag, take_snapshot
 from .timekeeper import TimeKeeper
 from .times import Times
 
@@ -96,12 +96,14 @@ async def _rename_vdi(
     try:
         if r.dst_exists:
             dst_tag = snapshot_tag("old")
-            await backend.snapshot(r.dst, dst_tag)
             # For a failure or a crash: until the delete has ended, what is left of the
-            # target (a delete cut off zeroes its index first) must give way to its old data.
+            # target (a delete cut off zeroes its index first, a snapshot cut off may leave
+            # only itself) must give way to its old data.
             record = files.spool.set_aside(r.dst, dst_tag, "replace")
+            await take_snapshot(backend, r.dst, dst_tag)
             await keeper.delete(r.dst)
-            record = files.spool.set_aside(r.dst, dst_tag, "rename", record.path)
+            if await backend.lookup(r.dst) is None:  # gone indeed (dog's word is not enough)
+                record = files.spool.set_aside(r.dst, dst_tag, "rename", record.path)
             catalog.remove(r.dst)
         await backend.clone(r.src, tag, r.dst)
         if record is not None:

@@ -15,7 +15,7 @@ import time
 
 from ..backends.base import Backend
 from ..cache.cache import ChunkCache
-from ..errors import BackendError, NotFound
+from ..errors import BackendError, Exists, NotFound
 from ..spool import Aside, Spool, has_data
 from .catalog import Catalog
 from .openfile import OpenFile, State
@@ -75,14 +75,14 @@ class Replacer:
         """Move the old data into a snapshot and delete the working VDI (under ``f.lock``):
         REPLACING -> STAGED, with ``f.aside`` naming the snapshot."""
         if f.aside is None:
-            tag = snapshot_tag("old")
-            await self.backend.snapshot(f.name, tag)
+            tag = f.aside_tried = f.aside_tried or snapshot_tag("old")
+            if f.id not in self.records:  # first: a snapshot cut off may leave only itself
+                self.records[f.id] = self.spool.set_aside(f.name, tag, "replace")
+            await take_snapshot(self.backend, f.name, tag)
             f.aside = tag
             log.info(
                 "replacing %r: its old data is in snapshot %s until the new data is in", f.name, tag
             )
-        if f.id not in self.records:  # before the delete: after a crash it is put back
-            self.records[f.id] = self.spool.set_aside(f.name, f.aside, "replace")
         try:
             await self.times.delete(f.name)  # its times first: the new VDI gets its own
         except NotFound:  # an earlier try's delete landed though it failed (its reply lost)
@@ -100,6 +100,23 @@ class Replacer:
 
     async def drop_snapshot(self, name: bytes, tag: str) -> None:
         await drop_snapshot(self.backend, name, tag)
+
+
+async def has_snapshot(backend: Backend, name: bytes, tag: str) -> bool:
+    return any(s.tag == tag.encode() for s in await backend.snapshots(name))
+
+
+async def take_snapshot(backend: Backend, name: bytes, tag: str) -> None:
+    """Snapshot ``tag`` of ``name``, also where an earlier try of it landed though it
+    failed. Cut off, a snapshot can leave the name with no working VDI, only the snapshot
+    (dog writes the tag into the inode first): "No VDI found" then, or "exists" if it is
+    all there."""
+    try:
+        await backend.snapshot(name, tag)
+    except (NotFound, Exists):
+        if not await has_snapshot(backend, name, tag):
+            raise
+        log.info("snapshot %s of %r: an earlier try of it had landed", tag, name)
 
 
 async def drop_snapshot(backend: Backend, name: bytes, tag: str) -> None:

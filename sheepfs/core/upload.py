@@ -169,6 +169,10 @@ class Uploader:
         staged = f.staged
         assert staged is not None
         size = await self._create(f, size)
+        if f.state is State.TORN:  # a spool write failed while it was made: it goes at close
+            f.torn_from = State.UPLOADING
+            assert f.torn is not None
+            raise f.torn
         f.to(State.UPLOADING)
         f.ours = set()
         staged.created = True

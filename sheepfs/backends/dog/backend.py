@@ -12,7 +12,7 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from ...errors import BackendError, NotFound, NotPermitted, Unavailable
+from ...errors import BackendError, NotFound, NotPermitted, PartialListing, Unavailable
 from ..base import Backend, Buffer, FsStats, Hints, Layout, VdiInfo, check_name
 from . import process
 from .attrs import AttributeCalls
@@ -80,29 +80,40 @@ class DogBackend(AttributeCalls, Backend):
     # -- metadata ----------------------------------------------------------------------------
 
     async def list(self) -> dict[bytes, VdiInfo]:
-        rows = await self._list_rows("list", None)
-        return {v.name: v for v in self._infos("list", None, [r for r in rows if r.is_file])}
+        rows, partial = await self._list_rows("list", None)
+        found = {v.name: v for v in self._infos("list", None, [r for r in rows if r.is_file])}
+        if partial:
+            raise PartialListing("list", found, partial)
+        return found
 
     async def lookup(self, name: bytes) -> VdiInfo | None:
         """``dog vdi list -r NAME``: as dear as listing every VDI (docs/SHEEPDOG.md F6)."""
         check_name("lookup", name)
         try:
-            rows = await self._list_rows("lookup", name)
+            rows, partial = await self._list_rows("lookup", name)
         except NotFound:
             return None
         for row in rows:  # the name's snapshots are listed too
             if row.name == name and row.is_file:
                 return self._infos("lookup", name, [row])[0]
+        if partial:  # the VDI may be one dog could not read
+            raise Unavailable("lookup", name, partial)
         return None
 
-    async def _list_rows(self, op: str, name: bytes | None) -> list[DogRow]:
-        """The rows of ``dog vdi list -r`` (of every VDI, or of ``name``'s rows only)."""
+    async def _list_rows(self, op: str, name: bytes | None) -> tuple[list[DogRow], str]:
+        """The rows of ``dog vdi list -r`` (of every VDI, or of ``name``'s rows only), and
+        why they are not all of them, or "". dog skips a VDI whose inode it cannot read
+        (a node down or recovering), says so on stderr only, and exits 0 (docs/SHEEPDOG.md F21)."""
         names = () if name is None else (name,)
-        out, _ = await self._run(op, name, self._argv(("vdi", "list"), *names, opts=("-r",)))
+        out, err = await self._run(op, name, self._argv(("vdi", "list"), *names, opts=("-r",)))
         try:
-            return parse_vdi_list(out)
+            rows = parse_vdi_list(out)
         except ValueError as e:
             raise BackendError(op, name, f"cannot parse dog's VDI list: {e}") from None
+        if b"Failed to read inode" not in err:
+            return rows, ""
+        said = "; ".join(err.decode(errors="replace").split("\n")[-3:]).strip("; ")
+        return rows, f"dog could not read every VDI, so its list is partial: {said}"
 
     @staticmethod
     def _infos(op: str, name: bytes | None, rows: Sequence[DogRow]) -> list[VdiInfo]:
@@ -127,7 +138,9 @@ class DogBackend(AttributeCalls, Backend):
         delete one, so the VDI's size is checked first, with a list of that one name.
         """
         check_name("delete", name)
-        rows = await self._list_rows("delete", name)
+        rows, partial = await self._list_rows("delete", name)
+        if partial and not any(r.name == name and r.is_file for r in rows):
+            raise Unavailable("delete", name, partial)  # it may be a hyper volume
         if any(r.hyper for r in rows if r.name == name and r.is_file):
             raise NotPermitted(
                 "delete",
@@ -182,9 +195,11 @@ class DogBackend(AttributeCalls, Backend):
         """The ``s`` rows of ``dog vdi list -r NAME`` (oldest first, as dog lists them)."""
         check_name("snapshots", name)
         try:
-            rows = await self._list_rows("snapshots", name)
+            rows, partial = await self._list_rows("snapshots", name)
         except NotFound:
             return []
+        if partial:
+            raise Unavailable("snapshots", name, partial)
         mine = [r for r in rows if r.name == name and r.kind == "s"]
         return sorted(self._infos("snapshots", name, mine), key=lambda i: i.snapshot_id)
 

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from ... import buffers
+from ... import buffers, errors
 from ...errors import BackendError, Exists, InvalidArgument, NotFound, NotPermitted, TooLarge
 from ..base import (
     MAX_HYPER_SIZE,
@@ -144,14 +144,19 @@ class SheepBackend(AttributeOps, Backend):
     # -- metadata ----------------------------------------------------------------------------
 
     async def list(self) -> dict[bytes, VdiInfo]:
-        started = trio.current_time()
-        found = await list_vdis(self.client)
-        self._snaps.saw(found, started)
+        started, partial = trio.current_time(), None
+        try:
+            found = await list_vdis(self.client)
+            self._snaps.saw(found, started)
+        except errors.PartialListing as e:
+            found, partial = list(e.found.values()), e
         out = {}
         for vdi in found:
             if not vdi.header.is_snapshot:
                 self._remember(vdi.name, vdi)
                 out[vdi.name] = to_info(vdi.name, vdi)
+        if partial is not None:  # what it lacks may be there all the same
+            raise errors.PartialListing("list", out, partial.detail)
         self._forget_unlisted(out)
         return out
 

@@ -11,7 +11,7 @@ import struct
 
 import trio
 
-from ...errors import BackendError
+from ...errors import BackendError, PartialListing
 from ..base import FsStats, Layout, VdiInfo, VdiKind
 from . import proto
 from .client import SheepClient
@@ -61,8 +61,9 @@ async def live_vids(client: SheepClient) -> list[int]:
 def _inode_of(vid: int, reply: Reply) -> Vdi | InodeHeader | None:
     """The VDI a header-and-index read shows; its header alone when the index did not fit
     in the read (hyper volumes, more than WITH_HEADER objects); None for no VDI to show."""
-    if not reply.ok:
-        return None  # half made or gone
+    if reply.result == proto.Res.NO_OBJ:
+        return None  # half made: its vid taken, its inode never written
+    proto.checked("list", None, reply)  # unreadable now (a node down, recovering)
     header = InodeHeader.parse(reply.payload)
     if not header.name:
         return None  # deleted: its name is zeroed
@@ -75,14 +76,20 @@ def _inode_of(vid: int, reply: Reply) -> Vdi | InodeHeader | None:
 async def list_vdis(client: SheepClient) -> list[Vdi]:
     """Every live VDI, snapshots included, with its header and index: the header and a
     small index of every vid in one request each, all pipelined (reading both at once is
-    safe, only writing them together is not); a large index in a second read."""
+    safe, only writing them together is not); a large index in a second read.
+    PartialListing (its ``found`` by vid) where a header could not be read."""
     vids = await live_vids(client)
     length = INODE_HEADER_SIZE + 4 * WITH_HEADER
     replies = await client.call_many([proto.obj_read(proto.ioid(v), 0, length) for v in vids])
     found: list[Vdi] = []
     large: list[InodeHeader] = []
+    unreadable: list[str] = []
     for vid, reply in zip(vids, replies, strict=True):
-        got = _inode_of(vid, reply)
+        try:
+            got = _inode_of(vid, reply)
+        except BackendError as e:
+            unreadable.append(f"vid {vid:#x}: {e.detail}")
+            continue
         if isinstance(got, Vdi):
             found.append(got)
         elif got is not None:
@@ -98,6 +105,9 @@ async def list_vdis(client: SheepClient) -> list[Vdi]:
 
     await run_all([lambda h=h: whole(h) for h in large], AT_ONCE)
     found.sort(key=lambda v: v.vid)
+    if unreadable:  # a name it lacks may be one of these (docs/SHEEPDOG.md F21)
+        why = f"{len(unreadable)} VDI(s) could not be read ({unreadable[0]})"
+        raise PartialListing("list", {v.vid: v for v in found}, why)
     return found
 
 

@@ -1,0 +1,75 @@
+"""A snapshot cut off by a fault (found by scripts/soak, dog backend): ``dog vdi snapshot``
+writes our tag into the inode, makes it the snapshot, then the new working VDI; cut off in
+between, the name has the snapshot only. A replace and a rename over a file record the old
+data before they snapshot it, take an earlier try's snapshot for what it is, and a put-back
+never deletes a file for a snapshot that was never made."""
+
+from __future__ import annotations
+
+import pytest
+
+from sheepfs.core.filesystem import Filesystem
+from sheepfs.errors import Unavailable
+from tests.core_helpers import SMALL, MiB, make_fs, open_name, random_bytes, write_all
+from tests.memory_backend import MemoryBackend
+from tests.test_soak_regressions import crashed, remounted
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_a_replace_whose_snapshot_was_cut_off_leaving_only_it_goes_on(
+    tmp_path, monkeypatch
+) -> None:
+    """``dog vdi snapshot`` cut off by a cluster restart under ``cp`` over a file: it had
+    written our tag into the inode and made it the snapshot, but not the new working VDI,
+    so the name had only the snapshot. Every later try took a new snapshot ("No VDI
+    found") and SIGTERM exited 1; now the earlier try's snapshot is taken for what it is."""
+    from tests.core_helpers import mount
+
+    backend = MemoryBackend()
+    old, new = random_bytes(2 * MiB), random_bytes(MiB)
+    backend.put(b"v", old, block_size_shift=SMALL)
+    real_snapshot, real_delete = backend.snapshot, backend.delete
+
+    async def cut_off(name: bytes, tag: str) -> None:
+        await real_snapshot(name, tag)
+        await real_delete(name)  # no working VDI left: only the snapshot
+        monkeypatch.setattr(backend, "snapshot", real_snapshot)
+        raise Unavailable("snapshot", name, "failed to read a response")
+
+    monkeypatch.setattr(backend, "snapshot", cut_off)
+    async with mount(backend, tmp_path) as fs:
+        fh = await open_name(fs, b"v", writing=True, truncate=True)
+        await write_all(fs, fh, new)
+        with pytest.raises(Unavailable):
+            await fs.flush(fh)
+        await fs.flush(fh)  # the next try goes on from the snapshot that landed
+        await fs.release(fh)
+    assert fs.saved and backend.data(b"v") == new and backend.snapshot_tags(b"v") == []
+
+
+async def test_a_crash_before_the_snapshot_of_a_replace_leaves_the_file_alone(
+    tmp_path, monkeypatch
+) -> None:
+    """The record of old data set aside is written before the snapshot (which, cut off,
+    may leave only itself): a crash between the two must not make the next mount delete
+    the file to put back a snapshot that was never made."""
+    backend = MemoryBackend()
+    old = random_bytes(2 * MiB)
+    backend.put(b"v", old, block_size_shift=SMALL)
+
+    async def never(name: bytes, tag: str) -> None:
+        raise Unavailable("snapshot", name, "the cluster went away")
+
+    async def replace(fs: Filesystem) -> None:
+        monkeypatch.setattr(backend, "snapshot", never)
+        fh = await open_name(fs, b"v", writing=True, truncate=True)
+        await write_all(fs, fh, random_bytes(MiB))
+        with pytest.raises(Unavailable):
+            await fs.flush(fh)
+        assert list((tmp_path / "spool").glob("*.aside"))
+
+    await crashed(make_fs(backend, tmp_path), replace)
+    monkeypatch.undo()
+    await remounted(backend, tmp_path)
+    assert backend.data(b"v") == old and not list((tmp_path / "spool").glob("*.aside"))
