@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from sheepfs.core.filesystem import Filesystem
-from sheepfs.errors import Unavailable
+from sheepfs.errors import BackendError, Unavailable
 from tests.core_helpers import SMALL, MiB, make_fs, open_name, random_bytes, write_all
 from tests.memory_backend import MemoryBackend
 from tests.test_soak_regressions import crashed, remounted
@@ -73,3 +73,23 @@ async def test_a_crash_before_the_snapshot_of_a_replace_leaves_the_file_alone(
     monkeypatch.undo()
     await remounted(backend, tmp_path)
     assert backend.data(b"v") == old and not list((tmp_path / "spool").glob("*.aside"))
+
+
+async def test_sheep_backend_a_snapshot_cut_off_is_seen_by_the_next_look() -> None:
+    """A snapshot whose reply came too late may have landed: the snapshot listing the
+    backend keeps for a second must not hide it from the check that follows."""
+    import trio
+
+    from sheepfs.backends.sheep import SheepBackend
+    from tests.fakesheep import fake_cluster
+
+    async with fake_cluster(nodes=3) as fake:
+        async with SheepBackend([fake.address(0)], timeout=0.4) as b:
+            await b.create(b"v", MiB)
+            assert await b.snapshots(b"v") == []  # listed: kept for a second
+            fake.control.delay(0.6, op="NEW_VDI")
+            with pytest.raises(BackendError):
+                await b.snapshot(b"v", "t")
+            await trio.sleep(0.4)  # it lands meanwhile
+            fake.control.delay(0, op="NEW_VDI")
+            assert [s.tag for s in await b.snapshots(b"v")] == [b"t"]

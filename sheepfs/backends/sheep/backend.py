@@ -271,13 +271,15 @@ class SheepBackend(AttributeOps, Backend):
         if h.hyper:
             raise NotPermitted("snapshot", name, "snapshot of hypervolume is not supported")
         vdi = self._vdis.get(name)
-        if vdi is None or vdi.vid != vid or self._data is None:
-            await self._snapshot_vid(name, raw, vid, h)
-            self._vdis.pop(name, None)
-        else:
-            async with self._data.quiesced(vdi):  # no create+index pair may race (rule 15)
-                await self._data.moved(vdi, await self._snapshot_vid(name, raw, vid, h))
-        self._snaps.forget(name)
+        try:
+            if vdi is None or vdi.vid != vid or self._data is None:
+                await self._snapshot_vid(name, raw, vid, h)
+                self._vdis.pop(name, None)
+            else:
+                async with self._data.quiesced(vdi):  # no create+index pair may race (15)
+                    await self._data.moved(vdi, await self._snapshot_vid(name, raw, vid, h))
+        finally:  # a snapshot cut off may have landed: the next look is a fresh one
+            self._snaps.forget(name)
 
     async def _snapshot_vid(self, name: bytes, raw: bytes, vid: int, h: InodeHeader) -> int:
         """Tag working vid ``vid`` and make a new working VDI on it; the new vid."""
