@@ -92,7 +92,7 @@ def watch(
 def soak(cfg: Config, report: Report, work: Path, stack: contextlib.ExitStack) -> list[str]:
     """The run; returns the fault kinds it could inject."""
     target = choose(cfg.backend, cfg.fake)
-    stack.callback(target.remove)
+    stack.callback(target.remove, work / "logs" if cfg.keep else None)
     backend = "dog" if target.fake else cfg.backend
     print(
         f"soak: seed {cfg.seed}, {cfg.duration:g} s, {backend} backend, {target.label}", flush=True

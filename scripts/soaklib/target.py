@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -98,8 +99,8 @@ class Target:
         """What the sheep logs say of crashes since the soak began."""
         return []
 
-    def remove(self) -> None:
-        pass
+    def remove(self, keep_logs: Path | None = None) -> None:
+        """Remove the cluster; first copy its nodes' logs into ``keep_logs`` if given."""
 
 
 class RealTarget(Target):
@@ -150,7 +151,13 @@ class RealTarget(Target):
                 found.append(f"sheep {node}: {line.strip()}")
         return found
 
-    def remove(self) -> None:
+    def remove(self, keep_logs: Path | None = None) -> None:
+        if keep_logs is not None:  # --keep: what the sheep said, for the failure's story
+            keep_logs.mkdir(parents=True, exist_ok=True)
+            for k in range(self.nodes):
+                log_file = self.cluster.dir / str(k) / "sheep.log"
+                if log_file.exists():
+                    shutil.copyfile(log_file, keep_logs / f"sheep{k}.log")
         self.cluster.remove()
 
 
@@ -176,9 +183,7 @@ class FakeTarget(Target):
     def set(self, **switches: bool) -> None:
         self.control.set_config(self.store, **switches)
 
-    def remove(self) -> None:
-        import shutil
-
+    def remove(self, keep_logs: Path | None = None) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
