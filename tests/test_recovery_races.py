@@ -147,6 +147,6 @@ async def test_while_a_failed_renames_target_waits_for_its_old_data_it_is_eio_no
             with pytest.raises(Unavailable):
                 await act
         backend.heal()
-        await wait_for(lambda: backend.info(b"dst") is not None, "the put-back")
+        await wait_for(lambda: b"dst" not in fs.catalog.restoring, "the put-back")
         assert await read_name(fs, b"dst") == old
     assert backend.data(b"dst") == old
