@@ -130,14 +130,10 @@ async def test_while_a_failed_renames_target_waits_for_its_old_data_it_is_eio_no
     went away): until it is put back, the target answered ENOENT, so ``rsync --inplace``
     or ``cp`` made a new file of that name, which the put-back then had to give way to.
     Meanwhile the name now answers EIO: it is neither there nor gone."""
-    from sheepfs.core import aside
     from tests.core_helpers import mount, read_name
+    from tests.test_soak_regressions import rename_over_a_file
 
-    backend = MemoryBackend()
-    old = random_bytes(MiB + 5)
-    backend.put(b"dst", old, block_size_shift=SMALL)
-    backend.put(b"src", random_bytes(MiB), block_size_shift=SMALL)
-    monkeypatch.setattr(aside, "RETRY", 0.05)
+    backend, old = rename_over_a_file(monkeypatch)
     async with mount(backend, tmp_path) as fs:
         backend.fail("clone", times=None)  # the cluster stays away
         with pytest.raises(Unavailable):

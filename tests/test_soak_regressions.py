@@ -37,6 +37,18 @@ async def remounted(backend: MemoryBackend, tmp_path: Path) -> None:
         await fs.recover_spool()
 
 
+def rename_over_a_file(monkeypatch) -> tuple[MemoryBackend, bytes]:
+    """``src`` and a ``dst`` holding ``old`` to rename it over; put-backs retried at once."""
+    from sheepfs.core import aside
+
+    backend = MemoryBackend()
+    old = random_bytes(MiB + 5)
+    backend.put(b"dst", old, block_size_shift=SMALL)
+    backend.put(b"src", random_bytes(MiB), block_size_shift=SMALL)
+    monkeypatch.setattr(aside, "RETRY", 0.05)
+    return backend, old
+
+
 @pytest.mark.parametrize("failing", ["create", "write"])
 async def test_a_replace_cut_short_by_a_crash_gets_the_old_data_back(tmp_path, failing) -> None:
     """Killed after the old data was set aside: before the VDI was made again ("create"
@@ -124,14 +136,9 @@ async def test_a_rename_over_a_file_that_fails_gives_the_target_back_while_mount
     """The cluster went away between the delete of the target and the clone (the soak's
     cluster restart under ``mv``): once it is back, the target holds its old data again
     (a failed rename leaves the target as it was), without waiting for a remount."""
-    from sheepfs.core import aside
     from tests.core_helpers import mount, read_name
 
-    backend = MemoryBackend()
-    old = random_bytes(MiB + 5)
-    backend.put(b"dst", old, block_size_shift=SMALL)
-    backend.put(b"src", random_bytes(MiB), block_size_shift=SMALL)
-    monkeypatch.setattr(aside, "RETRY", 0.05)
+    backend, old = rename_over_a_file(monkeypatch)
     async with mount(backend, tmp_path) as fs:
         backend.fail("clone", times=3)  # the rename's, then the first two tries to put back
         with pytest.raises(Unavailable):
@@ -219,14 +226,9 @@ async def test_a_rename_whose_delete_of_the_target_was_cut_off_gives_the_target_
     between the two (dog killed at --timeout while a sheep held its replies, or a dog that
     exited 0 as the cluster stopped) leaves the target there, reading zeros. Its old data,
     set aside, must come back all the same."""
-    from sheepfs.core import aside
     from tests.core_helpers import mount
 
-    backend = MemoryBackend()
-    old = random_bytes(MiB + 5)
-    backend.put(b"dst", old, block_size_shift=SMALL)
-    backend.put(b"src", random_bytes(MiB), block_size_shift=SMALL)
-    monkeypatch.setattr(aside, "RETRY", 0.05)
+    backend, old = rename_over_a_file(monkeypatch)
     real_delete = backend.delete
 
     async def cut_off(name: bytes) -> None:
