@@ -16,7 +16,7 @@ from functools import partial
 import trio
 
 from ..backends.base import Backend, FsStats, VdiInfo
-from ..errors import Exists, InvalidArgument, NotFound, ReadOnly
+from ..errors import BackendError, Exists, InvalidArgument, NotFound, ReadOnly
 from ..spool import Spool
 from ..supervisor import Supervisor
 from . import filetimes
@@ -96,6 +96,19 @@ class Filesystem:
         left = Leftovers.of(self.spool)
         self.catalog.hold(left.names)
         self.tasks.start(recover_spool, left, self.catalog, self.files, self.inodes)
+
+    def warm_up(self) -> None:
+        """Read the times of a listing in the background as the mount starts (where that is
+        one call), so that the first ``ls -l`` finds them read. The listing is not kept:
+        a VDI made by others a moment later is found as before."""
+        if self.backend.hints.cheap_attrs:
+            self.tasks.start(self._warm_up)
+
+    async def _warm_up(self) -> None:
+        try:
+            await self.files.times.warm_up(await self.backend.list())
+        except BackendError as e:
+            log.info("listing at mount: %s (the first ls -l reads it)", e)
 
     async def recover_spool(self) -> None:
         left = Leftovers.of(self.spool)

@@ -3,10 +3,13 @@
 The key is dropped before a VDI is deleted (:meth:`TimeKeeper.delete`) and set right after
 one is created (:meth:`TimeKeeper.bind`), because Sheepdog would hand it to the next VDI of
 the name. Where reading many names costs one call (``hints.cheap_attrs``: the sheep backend
-pipelines them) a listing first reads the times of the VDIs it has not read yet (after a
-mount: all of them, in one call), and reads the others again behind it, once per listing
-TTL; a lookup of one name reads it if it is older than that. Otherwise (dog: a process per
-name) a listing never waits: a name not read yet shows its creation time and is read in the
+pipelines them) the mount reads the times of its first listing as it starts, and a listing
+waits for them until one listing's have been read; after that a listing shows the creation
+time of a VDI it has not read (one new since) and reads it behind, in one call with those
+read more than a listing TTL ago, and a lookup of one name reads it first if it is older than
+that. "Nothing kept" is read again only after REFRESH_AFTER: each read of a missing attribute
+object writes error lines into the gateway sheep's log. Otherwise (dog: a process per name) a
+listing never waits: a name not read yet shows its creation time and is read in the
 background, and a lookup of one name waits for that one call. What is read is trusted only
 for the VDI it was set for (:func:`.times.trusted`).
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 
 import trio
@@ -27,8 +30,9 @@ from .times import KEY, Times, encode, trusted
 
 log = logging.getLogger(__name__)
 
-#: Where a name costs a call of its own: seconds a read value is used before a lookup reads
-#: it again (in the background); reads running at once in the background, and seconds they
+#: Seconds "nothing kept" is used before it is read again (any backend), and where a name
+#: costs a call of its own, a read value too (a lookup reads it again in the background).
+#: Where a name costs a call: reads running at once in the background, and seconds they
 #: wait before they begin, so that the listing that queued them is served first (dog's
 #: processes take the CPU the kernel's further readdir pages would wait for).
 REFRESH_AFTER = 60.0
@@ -75,7 +79,7 @@ class TimeKeeper:
         self._guesses: dict[bytes, int] = {}  # bind's guessed creation time of a name
         self._queue: dict[bytes, VdiInfo] = {}  # names to read in the background
         self._reader = False
-        self._refreshing = False
+        self._listing_read = False  # the times of one listing have been read
         self._failing = False  # the last read failed: later failures are logged at debug
 
     # -- what is shown -----------------------------------------------------------------------
@@ -89,41 +93,72 @@ class TimeKeeper:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def _unknown(self, info: VdiInfo, max_age: float) -> bool:
+    def _unread(self, info: VdiInfo) -> bool:
         k = self._known.get(info.name)
-        return k is None or not k.valid_for(info) or trio.current_time() - k.at >= max_age
+        return k is None or not k.valid_for(info)
+
+    def _stale(self, info: VdiInfo, max_age: float) -> bool:
+        """Read (for this VDI) ``max_age`` seconds ago or more; "nothing kept" goes stale
+        only after REFRESH_AFTER, because reading a missing attribute object costs the
+        gateway sheep an error line in its log per copy (docs/SHEEPDOG.md F22)."""
+        k = self._known[info.name]
+        limit = max_age if k.times is not None else max(max_age, REFRESH_AFTER)
+        return trio.current_time() - k.at >= limit
 
     async def listed(self, listing: dict[bytes, VdiInfo]) -> None:
-        """A listing is about to be shown: the times of VDIs not read yet are read first
-        (one call; dog: in the background, never waited for); those read more than a TTL
-        ago are read again behind it, so a listing does not wait for them."""
+        """A listing is about to be shown. Until the times of one listing have been read,
+        it waits for them (one call; the mount starts that read as it starts, see
+        :meth:`warm_up`); after that, names it has not read (VDIs new since) show their
+        creation time and are read in one call behind it, with those read more than a TTL
+        ago. dog (a process per name): never waited for, read a few at a time."""
         infos = list(listing.values())
         self._prune(listing)
         self._rebind_later(infos)
+        unread = [i for i in infos if self._unread(i)]
         if self.cheap:
-            await self._read([i for i in infos if self._unknown(i, float("inf"))])
-            self._refresh_later([i for i in infos if self._unknown(i, self.ttl)])
-            return
-        for info in infos:
-            if self._unknown(info, float("inf")) and info.name not in self._reading:
-                self._queue[info.name] = info
-        self._start_reader()
+            if not self._listing_read:
+                await self._read(unread)
+                self._listing_read, unread = True, []
+            stale = [i for i in infos if not self._unread(i) and self._stale(i, self.ttl)]
+            self._read_later(unread + stale)
+        else:
+            self._read_later(i for i in unread if i.name not in self._reading)
 
     async def looked_up(self, info: VdiInfo) -> None:
-        """One name is about to be shown: its times are read first if unknown (one call)."""
+        """One name is about to be shown: its times are read first if not read yet (one
+        call), or (cheap) read more than a TTL ago; dog: those read more than
+        REFRESH_AFTER ago are read again in the background."""
         self._rebind_later([info])
-        if self.cheap:
-            if self._unknown(info, self.ttl):
-                await self._read([info])
-        elif self._unknown(info, float("inf")):
-            await self._read_one(info)
-        elif self._unknown(info, REFRESH_AFTER):
-            self._queue[info.name] = info
-            self._start_reader()
+        if self._unread(info) or (self.cheap and self._stale(info, self.ttl)):
+            self._queue.pop(info.name, None)
+            await self._read([info])
+        elif self._stale(info, REFRESH_AFTER):
+            self._read_later([info])
+
+    async def warm_up(self, listing: dict[bytes, VdiInfo]) -> None:
+        """As the mount starts (cheap backends): the times of the first listing, so that
+        the first ``ls -l`` finds them read."""
+        await self.listed(listing)
 
     async def _read(self, infos: list[VdiInfo]) -> None:
-        if not infos:
-            return
+        """Read the times of ``infos`` in one call; a name already being read is waited
+        for, not read twice."""
+        theirs = {self._reading[i.name] for i in infos if i.name in self._reading}
+        mine = [i for i in infos if i.name not in self._reading]
+        if mine:
+            event = trio.Event()
+            self._reading.update((i.name, event) for i in mine)
+            try:
+                await self._fetch(mine)
+            finally:
+                for i in mine:
+                    if self._reading.get(i.name) is event:
+                        del self._reading[i.name]
+                event.set()
+        for other in theirs:
+            await other.wait()
+
+    async def _fetch(self, infos: list[VdiInfo]) -> None:
         started = trio.current_time()
         try:
             got = await self.backend.get_attrs(KEY, [i.name for i in infos])
@@ -140,60 +175,51 @@ class TimeKeeper:
             times = trusted(attr, info) if attr is not None else None
             self._known[info.name] = _Known(info.ctime, info.ctime_ns, times, started)
 
-    async def _read_one(self, info: VdiInfo) -> None:
-        """Read one name, or wait for the read of it under way."""
-        self._queue.pop(info.name, None)
-        event = self._reading.get(info.name)
-        if event is not None:
-            await event.wait()
-            return
-        event = self._reading[info.name] = trio.Event()
-        try:
-            await self._read([info])
-        finally:
-            del self._reading[info.name]
-            event.set()
-
-    def _refresh_later(self, infos: list[VdiInfo]) -> None:
-        if infos and not self._refreshing and self.tasks.start(self._refresh, infos):
-            self._refreshing = True
-
-    async def _refresh(self, infos: list[VdiInfo]) -> None:
-        try:
-            await self._read(infos)
-        except Exception:  # a bug costs this refresh, never the mount
-            log.exception("reading the times of %d VDIs failed", len(infos))
-        finally:
-            self._refreshing = False
-
-    def _start_reader(self) -> None:
+    def _read_later(self, infos: Iterable[VdiInfo]) -> None:
+        for info in infos:
+            self._queue[info.name] = info
         if self._queue and not self._reader and self.tasks.start(self._read_queue):
             self._reader = True
 
     async def _read_queue(self) -> None:
-        """Background reads of the queued names, a few at a time."""
+        """Background reads of the queued names: all in one call where that is cheap
+        (again while names were queued meanwhile), else a few at a time, after a delay."""
+        try:
+            if self.cheap:
+                while self._queue:
+                    batch = list(self._queue.values())
+                    self._queue.clear()
+                    await self._guarded(self._read(batch), len(batch))
+            else:
+                await trio.sleep(BACKGROUND_DELAY)
+                await self._read_one_by_one()
+        finally:
+            self._reader = False
+
+    async def _read_one_by_one(self) -> None:
         room = trio.Semaphore(BACKGROUND_READS)
 
         async def one(info: VdiInfo) -> None:
             try:
-                await self._read_one(info)
-            except Exception:  # a bug costs this read, never the mount
-                log.exception("reading the times of %r failed", info.name)
+                await self._guarded(self._read([info]), 1)
             finally:
                 room.release()
 
+        while self._queue:  # names queued while the last ones were read go too
+            async with trio.open_nursery() as nursery:
+                while self._queue:
+                    await room.acquire()
+                    if self._queue:
+                        nursery.start_soon(one, self._queue.popitem()[1])
+                    else:
+                        room.release()
+
+    @staticmethod
+    async def _guarded(read: Awaitable[None], count: int) -> None:
         try:
-            await trio.sleep(BACKGROUND_DELAY)
-            while self._queue:  # names queued while the last ones were read go too
-                async with trio.open_nursery() as nursery:
-                    while self._queue:
-                        await room.acquire()
-                        if self._queue:
-                            nursery.start_soon(one, self._queue.popitem()[1])
-                        else:
-                            room.release()
-        finally:
-            self._reader = False
+            await read
+        except Exception:  # a bug costs this read, never the mount
+            log.exception("reading the times of %d VDI(s) failed", count)
 
     def _prune(self, listing: dict[bytes, VdiInfo]) -> None:
         """Forget names the listing no longer has (not ones we changed a moment ago)."""

@@ -81,6 +81,7 @@ class Daemon:
                     return False
                 self._tell(0)
                 self.core.start_recovery()
+                self.core.warm_up()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._on_signals)
                     nursery.start_soon(self.service.announce_ready, self.config.mountpoint)
