@@ -10,6 +10,7 @@ import struct
 from pathlib import Path
 
 from . import inode as ino
+from . import vdiops
 from .faults import CLOSE_WHERE, CloseSpec, parse_op, parse_res
 from .lookup import VdiInfo, VdiIocb, vdi_lookup
 from .proto import (
@@ -216,6 +217,11 @@ class Control:
         if not hasattr(knobs, name):
             raise AttributeError(f"no knob {name!r}")
         setattr(knobs, name, type(getattr(knobs, name))(value))
+
+    def restart(self) -> None:
+        """Stop and start the whole cluster: what is deleted is read again from the inodes."""
+        vdiops.restart(self._st)
+        self.cluster.state.bump_epoch()
 
     async def snapshot(self, name: str, tag: str = "", node: int = 0) -> int:
         """What ``dog vdi snapshot -s TAG NAME`` does, from outside the client under test:

@@ -105,6 +105,10 @@ class Knobs:
     #: copy_policy in object ops (rules 27, 9), a 256-byte name payload (rule 5), internal
     #: ops outside §5.2 or other buffer sizes than dog's (rule 6); see ``rules.py``
     strict_client: bool = False
+    #: the next DEL_VDIs whose emptied inode is never written, as when that write fails on
+    #: a real sheep while nodes go down: DEL_VDI still answers SUCCESS (delete_vdi_work does
+    #: not check the write), and the VDI comes back at the next start (docs/SHEEPDOG.md F23)
+    lost_inode_writes: int = 0
 
 
 @dataclass

@@ -37,7 +37,7 @@ from .attrs import AttributeOps
 from .client import SheepClient
 from .cluster import ClusterInfo
 from .data import DataPath, run_all
-from .inode import Vdi, find_vid, load, read_entries, read_header
+from .inode import Vdi, find_vid, finish_delete, load, read_entries, read_header
 from .listing import list_vdis, stat_nodes, to_info
 from .proto import INDEX_OFFSET, Op, Res
 from .snapshots import SnapshotReads
@@ -220,6 +220,7 @@ class SheepBackend(AttributeOps, Backend):
         if reply.vdi_id != vid:
             log.warning("delete %r: deleted vid %#x, not %#x (changed meanwhile)", name,
                         reply.vdi_id, vid)  # fmt: skip
+        await finish_delete(self.client, name, reply.vdi_id, header.create_time)
 
     async def _zero_index(self, name: bytes, vid: int, entries: Sequence[int] | dict) -> None:
         """Zero every run of non-zero index entries (only entries that change, rule 14)."""

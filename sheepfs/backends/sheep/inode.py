@@ -9,6 +9,7 @@ a hole is read long after the index was (another client may have written it).
 
 from __future__ import annotations
 
+import logging
 import struct
 from dataclasses import dataclass, field
 
@@ -19,6 +20,8 @@ from . import proto
 from .client import SheepClient
 from .proto import INDEX_OFFSET, INODE_HEADER_SIZE, Op, Res
 from .structs import InodeHeader
+
+log = logging.getLogger(__name__)
 
 #: Seconds a cached index is trusted for holes: past that, a hole is read again first.
 INDEX_TTL = 1.0
@@ -99,6 +102,32 @@ async def find_vid(
 async def read_header(client: SheepClient, op: str, vid: int) -> InodeHeader:
     reply = await client.call(proto.obj_read(proto.ioid(vid), 0, INODE_HEADER_SIZE))
     return InodeHeader.parse(proto.checked(op, None, reply).payload)
+
+
+async def finish_delete(client: SheepClient, name: bytes, vid: int, create_time: int) -> None:
+    """After DEL_VDI of ``vid`` answered SUCCESS: check that its inode lost its name, and
+    take it away here if not. The sheep does not check its write of the emptied inode
+    (``sheep/vdi.c:delete_vdi_work``); lost (nodes going down), the VDI stays found by
+    name, blocks a new VDI of it, and is listed again after the next cluster start, which
+    takes a vid for deleted only where the inode's name is empty (docs/SHEEPDOG.md F23).
+    Only this vid's name is written, so a VDI made since under the name is not touched."""
+    try:
+        reply = await client.call(proto.obj_read(proto.ioid(vid), 0, INODE_HEADER_SIZE))
+        if reply.result == Res.NO_OBJ:
+            return  # no inode: nothing that could come back
+        header = InodeHeader.parse(proto.checked("delete", name, reply).payload)
+        if not header.name or header.create_time != create_time:
+            return
+        log.warning("delete %r: the sheep kept its inode's name (vid %#x): emptying it", name, vid)
+        reply = await client.call(proto.obj_write(proto.ioid(vid), 0, bytes(proto.NAME_SIZE)))
+        proto.checked("delete", name, reply)
+    except BackendError as e:
+        raise BackendError(
+            "delete",
+            name,
+            f"Sheepdog took the delete, but the emptied inode could not be checked ({e.detail});"
+            " the VDI may come back when the cluster next starts",
+        ) from e
 
 
 async def read_entries(
