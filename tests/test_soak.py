@@ -272,6 +272,18 @@ def test_a_short_soak_on_the_fake_dog_ends_clean_and_leaves_nothing() -> None:
     assert soak_mounts() <= before  # its spool disk, its mount point: all gone
 
 
+#: The sheep backend's run is not in CI yet: about one 2-minute run in five still loses a
+#: file after a rename under a node kill (README, "Soak"); SHEEPFS_SOAK=1 runs it.
+SHEEP_SOAK = pytest.param(
+    "sheep",
+    marks=pytest.mark.skipif(
+        not os.environ.get("SHEEPFS_SOAK"),
+        reason="SHEEPFS_SOAK=1 runs it; not in CI yet: on the sheep backend the soak still "
+        "finds a loss (README)",
+    ),
+)
+
+
 def soak_mounts() -> set[str]:
     """Mounts a soak made (another soak may run beside this test)."""
     with open("/proc/mounts") as f:
@@ -280,12 +292,8 @@ def soak_mounts() -> set[str]:
 
 @pytest.mark.real
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("backend", ["dog", "sheep"])
+@pytest.mark.parametrize("backend", ["dog", SHEEP_SOAK])
 @pytest.mark.skipif(os.geteuid() != 0, reason="the soak mounts its spool disk (tmpfs): root")
-@pytest.mark.skipif(
-    not os.environ.get("SHEEPFS_SOAK"),
-    reason="SHEEPFS_SOAK=1 runs it; not in CI yet: the soak still finds losses (README)",
-)
 def test_a_two_minute_soak_on_a_real_cluster_loses_nothing(backend) -> None:
     """The soak meant for CI: 2 minutes of the whole workload under every kind of fault, on
     a throwaway real cluster of its own. A random seed each run (``SHEEPFS_SOAK_SEED`` sets

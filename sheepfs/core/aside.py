@@ -8,7 +8,9 @@ operation never ended (its ``close()`` or ``rename()`` did not succeed), so the 
 hold its old data. A VDI of that name is deleted first where it cannot be that data (kind
 "replace": one the cut-short upload made again, or the old one whose delete was cut off with
 its index zeroed, or still the old one, which the snapshot holds too); after the delete of a
-rename's target has ended (kind "rename"), a VDI of that name is a new one, and stays.
+rename's target has ended (kind "rename"), a VDI of that name is a new one, and stays. A
+rename's source is recorded as kind "rename" for the time of its own snapshot, which, cut
+off, may leave the name with that snapshot only (core/rename.py).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import logging
 import time
 
 from ..backends.base import Backend, VdiInfo, VdiKind
-from ..errors import BackendError
+from ..errors import BackendError, InvalidArgument, NotFound, NotPermitted, ReadOnly
 from .aside import put_back_later
 from .catalog import Catalog
 from .filetimes import current
@@ -26,6 +26,9 @@ from .timekeeper import TimeKeeper
 from .times import Times
 
 log = logging.getLogger(__name__)
+
+#: Failures of a snapshot that mean it was refused before anything changed.
+REFUSED = (NotPermitted, InvalidArgument, ReadOnly, NotFound)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +86,26 @@ def _rename_staged(f: OpenFile, dst: bytes, dst_exists: bool) -> None:
     f.staged.rename(dst)
 
 
+async def _snapshot_source(
+    backend: Backend, catalog: Catalog, files: OpenFiles, src: bytes, tag: str
+) -> None:
+    """Snapshot ``src`` for the clone. Cut off, a snapshot can leave the name with the
+    snapshot only (the old inode made the snapshot, no new working VDI): the file would be
+    gone though the rename failed. So it is recorded first, as a rename's old data is, and
+    if the snapshot fails the name is checked in the background (EIO meanwhile) and given
+    its data back from the snapshot if it has no VDI; the record goes once it is taken."""
+    record = files.spool.set_aside(src, tag, "rename")
+    try:
+        await backend.snapshot(src, tag)
+    except REFUSED:  # refused before anything changed: nothing to check
+        record.remove()
+        raise
+    except BaseException:
+        put_back_later(files, catalog, record)
+        raise
+    record.remove()
+
+
 async def _rename_vdi(
     backend: Backend, catalog: Catalog, r: Rename, keeper: TimeKeeper, times: Times,
     files: OpenFiles,
@@ -91,7 +114,7 @@ async def _rename_vdi(
     VDI's times go before it does, and ``times`` come with the clone. Returns the clone's
     creation time (s, ns)."""
     tag = snapshot_tag("mv")
-    await backend.snapshot(r.src, tag)
+    await _snapshot_source(backend, catalog, files, r.src, tag)
     dst_tag = record = None
     try:
         if r.dst_exists:
