@@ -245,3 +245,15 @@ async def test_a_corrupt_hyper_volume_does_not_hide_the_others_from_a_listing(ca
         listed = await backend.list()
     assert set(listed) == {b"bad", b"fine"} and listed[b"bad"].used == 0
     assert any("shown with nothing used" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_attribute_read_that_fails_is_not_taken_for_none_kept(tmp_path):
+    """Only NO_OBJ means "no times": any other failed read raises, so that nothing is
+    cached for the name (the core shows the creation time and reads it again)."""
+    async with fake_and_core(tmp_path) as (fake, fs):
+        await write_new(fs, b"v", b"data")
+        backend = fs.backend.inner
+        assert await backend.get_attrs(b"sheepfs.times", [b"v"])
+        fake.control.inject("EIO", op="READ_OBJ")
+        with pytest.raises(Unavailable):
+            await backend.get_attrs(b"sheepfs.times", [b"v"])

@@ -7,11 +7,11 @@ pipelines them) the mount reads the times of its first listing as it starts, and
 waits for them until one listing's have been read; after that a listing shows the creation
 time of a VDI it has not read (one new since) and reads it behind, in one call with those
 read more than a listing TTL ago, and a lookup of one name reads it first if it is older than
-that. "Nothing kept" is read again only after REFRESH_AFTER: each read of a missing attribute
-object writes error lines into the gateway sheep's log. Otherwise (dog: a process per name) a
-listing never waits: a name not read yet shows its creation time and is read in the
-background, and a lookup of one name waits for that one call. What is read is trusted only
-for the VDI it was set for (:func:`.times.trusted`).
+that. Behind a listing, "nothing kept" is read again only after REFRESH_AFTER: each read of
+a missing attribute object writes error lines into the gateway sheep's log. Otherwise (dog:
+a process per name) a listing never waits: a name not read yet shows its creation time and
+is read in the background, and a lookup of one name waits for that one call. What is read
+is trusted only for the VDI it was set for (:func:`.times.trusted`).
 """
 
 from __future__ import annotations
@@ -97,12 +97,13 @@ class TimeKeeper:
         k = self._known.get(info.name)
         return k is None or not k.valid_for(info)
 
-    def _stale(self, info: VdiInfo, max_age: float) -> bool:
-        """Read (for this VDI) ``max_age`` seconds ago or more; "nothing kept" goes stale
-        only after REFRESH_AFTER, because reading a missing attribute object costs the
-        gateway sheep an error line in its log per copy (docs/SHEEPDOG.md F22)."""
+    def _stale(self, info: VdiInfo, max_age: float, none_kept_age: float | None = None) -> bool:
+        """Read (for this VDI) ``max_age`` seconds ago or more; "nothing kept", behind a
+        listing, only after REFRESH_AFTER (``none_kept_age``), because reading a missing
+        attribute object costs the gateway sheep an error line in its log per copy
+        (docs/SHEEPDOG.md F22): a listing would read every such VDI again."""
         k = self._known[info.name]
-        limit = max_age if k.times is not None else max(max_age, REFRESH_AFTER)
+        limit = max_age if k.times is not None or none_kept_age is None else none_kept_age
         return trio.current_time() - k.at >= limit
 
     async def listed(self, listing: dict[bytes, VdiInfo]) -> None:
@@ -119,15 +120,18 @@ class TimeKeeper:
             if not self._listing_read:
                 await self._read(unread)
                 self._listing_read, unread = True, []
-            stale = [i for i in infos if not self._unread(i) and self._stale(i, self.ttl)]
+            stale = [
+                i for i in infos if not self._unread(i) and self._stale(i, self.ttl, REFRESH_AFTER)
+            ]
             self._read_later(unread + stale)
         else:
             self._read_later(i for i in unread if i.name not in self._reading)
 
     async def looked_up(self, info: VdiInfo) -> None:
         """One name is about to be shown: its times are read first if not read yet (one
-        call), or (cheap) read more than a TTL ago; dog: those read more than
-        REFRESH_AFTER ago are read again in the background."""
+        call), or (cheap) read more than a TTL ago, "nothing kept" too (one probe per TTL
+        of a file being looked at); dog: those read more than REFRESH_AFTER ago are read
+        again in the background."""
         self._rebind_later([info])
         if self._unread(info) or (self.cheap and self._stale(info, self.ttl)):
             self._queue.pop(info.name, None)

@@ -17,7 +17,7 @@ import logging
 import struct
 from collections.abc import Sequence
 
-from ...errors import BackendError, NotFound
+from ...errors import BackendError, NotFound, Unavailable
 from ..base import AttrValue, check_name
 from . import proto
 from .client import SheepClient
@@ -137,9 +137,9 @@ async def get_attrs(
         for name, reply in zip(todo, await client.call_many(reads), strict=True):
             if reply.result == Res.NO_OBJ:
                 continue  # the probe ends at the first missing object: no such key
-            if not reply.ok:
-                log.debug("attribute %r of %r: %s", key, name, proto.result_name(reply.result))
-                continue
+            if not reply.ok:  # not "none kept": unknown, which the caller must not cache
+                why = f"attribute {key!r}: {proto.result_name(reply.result)}"
+                raise Unavailable("get attributes", name, why)
             got = _parse(name, key, reply.payload)
             if got is None:
                 again.append(name)
