@@ -17,6 +17,20 @@ from tests.test_soak_regressions import crashed, remounted
 pytestmark = pytest.mark.timeout(60)
 
 
+def cut_off_once(backend: MemoryBackend, monkeypatch, why: str) -> None:
+    """The next snapshot is cut off as by a cluster restart: it lands, the working VDI is
+    gone (only the snapshot is left), and the call fails with ``why``."""
+    real_snapshot, real_delete = backend.snapshot, backend.delete
+
+    async def cut_off(name: bytes, tag: str) -> None:
+        await real_snapshot(name, tag)
+        await real_delete(name)  # no working VDI left: only the snapshot
+        monkeypatch.setattr(backend, "snapshot", real_snapshot)
+        raise Unavailable("snapshot", name, why)
+
+    monkeypatch.setattr(backend, "snapshot", cut_off)
+
+
 async def test_a_replace_whose_snapshot_was_cut_off_leaving_only_it_goes_on(
     tmp_path, monkeypatch
 ) -> None:
@@ -29,15 +43,7 @@ async def test_a_replace_whose_snapshot_was_cut_off_leaving_only_it_goes_on(
     backend = MemoryBackend()
     old, new = random_bytes(2 * MiB), random_bytes(MiB)
     backend.put(b"v", old, block_size_shift=SMALL)
-    real_snapshot, real_delete = backend.snapshot, backend.delete
-
-    async def cut_off(name: bytes, tag: str) -> None:
-        await real_snapshot(name, tag)
-        await real_delete(name)  # no working VDI left: only the snapshot
-        monkeypatch.setattr(backend, "snapshot", real_snapshot)
-        raise Unavailable("snapshot", name, "failed to read a response")
-
-    monkeypatch.setattr(backend, "snapshot", cut_off)
+    cut_off_once(backend, monkeypatch, "failed to read a response")
     async with mount(backend, tmp_path) as fs:
         fh = await open_name(fs, b"v", writing=True, truncate=True)
         await write_all(fs, fh, new)
@@ -107,15 +113,7 @@ async def test_a_rename_whose_source_snapshot_was_cut_off_keeps_the_source(
     backend = MemoryBackend()
     data = random_bytes(2 * MiB)
     backend.put(b"a", data, block_size_shift=SMALL)
-    real_snapshot, real_delete = backend.snapshot, backend.delete
-
-    async def cut_off(name: bytes, tag: str) -> None:
-        await real_snapshot(name, tag)
-        await real_delete(name)  # no working VDI left: only the snapshot
-        monkeypatch.setattr(backend, "snapshot", real_snapshot)
-        raise Unavailable("snapshot", name, "Failed to write to base VDI")
-
-    monkeypatch.setattr(backend, "snapshot", cut_off)
+    cut_off_once(backend, monkeypatch, "Failed to write to base VDI")
     async with mount(backend, tmp_path) as fs:
         with pytest.raises(Unavailable):
             await fs.rename(b"a", b"b")

@@ -12,6 +12,8 @@ sheep loses that write on demand (knob ``lost_inode_writes``) and restarts on de
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -20,7 +22,7 @@ from sheepfs.backends.sheep import SheepBackend, proto
 from sheepfs.backends.sheep.client import SheepClient
 from sheepfs.backends.sheep.inode import find_vid
 from sheepfs.errors import BackendError
-from tests.fakesheep import fake_cluster
+from tests.fakesheep import RunningFake, fake_cluster
 from tests.realcluster import Dist, find_sheepdog
 
 pytestmark = pytest.mark.timeout(60)
@@ -93,32 +95,35 @@ DIST = find_sheepdog()
 needs_dog = pytest.mark.skipif(not isinstance(DIST, Dist), reason=f"no Sheepdog build: {DIST}")
 
 
-@needs_dog
-async def test_real_dog_loses_the_delete_and_the_dog_backend_deletes_again(caplog):
-    """Real dog against the fake sheep: ``vdi delete`` exits 0 whatever the sheep lost."""
+@asynccontextmanager
+async def dog_losing_deletes(lost: int) -> AsyncIterator[tuple[RunningFake, DogBackend]]:
+    """Real dog against the fake sheep, with a VDI ``v`` whose next ``lost`` deletes lose
+    the write of its emptied inode."""
     assert isinstance(DIST, Dist)
     async with fake_cluster(nodes=3) as fake:
         host, port = fake.address()
         async with DogBackend(str(DIST.dog), host, port, timeout=30) as backend:
             await backend.create(b"v", 4 * MiB)
-            fake.control.set_knob("lost_inode_writes", 1)
-            with caplog.at_level(logging.WARNING):
-                await backend.delete(b"v")
-            assert "deleting it again" in caplog.text
-            fake.control.restart()
-            assert "v" not in names_listed(fake)
-            assert await backend.lookup(b"v") is None
-            await backend.create(b"v", MiB)  # the name is free for a new VDI
+            fake.control.set_knob("lost_inode_writes", lost)
+            yield fake, backend
+
+
+@needs_dog
+async def test_real_dog_loses_the_delete_and_the_dog_backend_deletes_again(caplog):
+    """Real dog against the fake sheep: ``vdi delete`` exits 0 whatever the sheep lost."""
+    async with dog_losing_deletes(1) as (fake, backend):
+        with caplog.at_level(logging.WARNING):
+            await backend.delete(b"v")
+        assert "deleting it again" in caplog.text
+        fake.control.restart()
+        assert "v" not in names_listed(fake)
+        assert await backend.lookup(b"v") is None
+        await backend.create(b"v", MiB)  # the name is free for a new VDI
 
 
 @needs_dog
 async def test_the_dog_backend_says_so_when_the_delete_never_sticks():
-    assert isinstance(DIST, Dist)
-    async with fake_cluster(nodes=3) as fake:
-        host, port = fake.address()
-        async with DogBackend(str(DIST.dog), host, port, timeout=30) as backend:
-            await backend.create(b"v", 4 * MiB)
-            fake.control.set_knob("lost_inode_writes", 5)
-            with pytest.raises(BackendError) as e:
-                await backend.delete(b"v")
-            assert "may come back when the cluster next starts" in str(e.value)
+    async with dog_losing_deletes(5) as (_, backend):
+        with pytest.raises(BackendError) as e:
+            await backend.delete(b"v")
+        assert "may come back when the cluster next starts" in str(e.value)

@@ -113,3 +113,33 @@ def test_a_vdi_deleted_and_made_again_by_dog_shows_its_own_time(any_store, tmp_p
         assert os.stat(m.path / "disk.img").st_mtime > time.time() - 120
         out, _ = rsync(src, m.path)
         assert "disk.img" in out
+
+
+@pytest.mark.real
+@pytest.mark.sheep
+def test_sheep_listings_show_new_vdis_at_once_and_do_not_reprobe_missing_times(
+    real_store, tmp_path
+):
+    """On a real cluster, sheep backend: a remount shows the times kept with a VDI in its
+    first ``ls``; a VDI made by dog after the mount is listed at once; and a listing after
+    the TTL does not read the missing times of every VDI again, each of which would cost
+    the gateway sheep an error line in its log (docs/SHEEPDOG.md F22)."""
+    real_store.kind = "sheep"
+    kept = OLD * 10**9 + 123_456_789
+    with mount_of(real_store, tmp_path) as m:
+        (m.path / "kept").write_bytes(b"x")
+        os.utime(m.path / "kept", ns=(kept, kept))
+    for k in range(5):
+        real_store.create(b"none%d" % k, MiB)
+    with mount_of(real_store, tmp_path) as m:
+        assert os.stat(m.path / "kept").st_mtime_ns == kept
+        real_store.create(b"later", MiB)  # by someone else, after the mount
+        time.sleep(1.1)  # the listing TTL
+        names = os.listdir(m.path)
+        assert "later" in names and "kept" in names
+        time.sleep(1.1)
+        before = real_store.cluster.log_sizes()
+        assert sorted(os.listdir(m.path)) == sorted(names)
+        time.sleep(0.5)  # what a listing would read behind it
+        assert "No object found" not in real_store.cluster.logs(since=before)
+        assert os.stat(m.path / "kept").st_mtime_ns == kept

@@ -106,7 +106,7 @@ class Filesystem:
 
     async def _warm_up(self) -> None:
         try:
-            await self.files.times.warm_up(await self.backend.list())
+            await self.files.times.listed(await self.backend.list())
         except BackendError as e:
             log.info("listing at mount: %s (the first ls -l reads it)", e)
 

@@ -108,8 +108,8 @@ class TimeKeeper:
 
     async def listed(self, listing: dict[bytes, VdiInfo]) -> None:
         """A listing is about to be shown. Until the times of one listing have been read,
-        it waits for them (one call; the mount starts that read as it starts, see
-        :meth:`warm_up`); after that, names it has not read (VDIs new since) show their
+        it waits for them (one call; the mount starts that read as it starts:
+        ``Filesystem.warm_up``); after that, names it has not read (VDIs new since) show their
         creation time and are read in one call behind it, with those read more than a TTL
         ago. dog (a process per name): never waited for, read a few at a time."""
         infos = list(listing.values())
@@ -138,11 +138,6 @@ class TimeKeeper:
             await self._read([info])
         elif self._stale(info, REFRESH_AFTER):
             self._read_later([info])
-
-    async def warm_up(self, listing: dict[bytes, VdiInfo]) -> None:
-        """As the mount starts (cheap backends): the times of the first listing, so that
-        the first ``ls -l`` finds them read."""
-        await self.listed(listing)
 
     async def _read(self, infos: list[VdiInfo]) -> None:
         """Read the times of ``infos`` in one call; a name already being read is waited
