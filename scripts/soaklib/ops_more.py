@@ -3,13 +3,12 @@ sequential readers at once (each read checked against the model)."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 
 from . import content
 from .judge import differences, judge
-from .model import Version, materialize
+from .model import materialize
 from .ops import MiB, Worker
 
 log = logging.getLogger("soak")
@@ -85,11 +84,24 @@ def fio(wk: Worker) -> bool:
     return True
 
 
-def sha256_of(v: Version) -> str:
-    h = hashlib.sha256()
-    for at in range(0, v.size, 4 * MiB):
-        h.update(v.read(at, 4 * MiB))
-    return h.hexdigest()
+def _judge_read(wk: Worker, e, kept) -> None:
+    """A read that succeeded must have returned exactly what the model says ``e`` holds;
+    what a bad one returned stays beside (``--keep`` keeps it)."""
+    with open(kept, "rb") as f:
+        bad = judge(f, [e.known]).lost
+    if not bad:
+        return
+    with open(kept, "rb") as f:
+        where = differences(f, e.known)
+    kept.rename(kept.with_name(f"bad-{kept.name}-{e.name}"))
+    wk.ctx.report.lose(
+        e.known.size,
+        f"a sequential read of {e.name} returned other data than it holds: {where} "
+        f"(its last operations: {' / '.join(e.history)})",
+        e.last_op,
+        e.last_at,
+        what="bad read",
+    )
 
 
 def readers(wk: Worker) -> bool:
@@ -104,9 +116,8 @@ def readers(wk: Worker) -> bool:
 
     def read(i: int) -> None:
         e = jobs[i]
-        argv = ["sha256sum", "--", str(wk.path(e))]
-        if i == 1:  # one of them keeps what it read, to say where it differs if it does
-            argv = ["cp", "--sparse=never", "--", str(wk.path(e)), str(wk.ctx.tmp / f"read{wk.w}")]
+        # Each keeps what it read (cp, not sha256sum), so a bad read says where it differs.
+        argv = ["cp", "--sparse=never", "--", str(wk.path(e)), str(wk.ctx.tmp / f"read{wk.w}-{i}")]
         results[i] = wk.do("read", [e], argv, e.known.size, f"{e.name} ({e.known.size} bytes)")
 
     threads = [threading.Thread(target=read, args=(i,)) for i in range(len(jobs))]
@@ -115,26 +126,8 @@ def readers(wk: Worker) -> bool:
     for t in threads:
         t.join()
     for i, (e, r) in enumerate(zip(jobs, results, strict=True)):
-        if r is None or not r.ok:
-            continue
-        if i == 1:
-            with open(wk.ctx.tmp / f"read{wk.w}", "rb") as f:
-                bad = judge(f, [e.known]).lost
-            if bad:
-                with open(wk.ctx.tmp / f"read{wk.w}", "rb") as f:
-                    where = differences(f, e.known)
-            (wk.ctx.tmp / f"read{wk.w}").unlink()
-        else:
-            bad = r.out.split()[0].decode() != sha256_of(e.known)
-            where = "sha256sum differs"
-        if bad:
-            wk.ctx.report.lose(
-                e.known.size,
-                f"a sequential read of {e.name} returned other "
-                f"data than it holds: {where} (its last operations: "
-                f"{' / '.join(e.history)})",
-                e.last_op,
-                e.last_at,
-                what="bad read",
-            )
+        kept = wk.ctx.tmp / f"read{wk.w}-{i}"
+        if r is not None and r.ok:
+            _judge_read(wk, e, kept)
+        kept.unlink(missing_ok=True)
     return True

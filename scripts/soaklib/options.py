@@ -61,7 +61,7 @@ def parse(argv: list[str]) -> Config:
     ap.add_argument("--spool-size", default="2G", help="size of the spool's own disk (2G)")
     ap.add_argument("--fake", action="store_true", help="the fake dog even if Sheepdog is found")
     ap.add_argument("--debug", action="store_true", help="run sheepfs with --debug")
-    ap.add_argument("--keep", action="store_true", help="keep the work directory and logs")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory, logs and stores")
     a = ap.parse_args(argv)
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1, 1 << 31)
     return Config(

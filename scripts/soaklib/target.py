@@ -4,6 +4,7 @@ faults where they can, and reading a VDI back with ``dog vdi read``."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -158,6 +159,10 @@ class RealTarget(Target):
                 log_file = self.cluster.dir / str(k) / "sheep.log"
                 if log_file.exists():
                     shutil.copyfile(log_file, keep_logs / f"sheep{k}.log")
+            with contextlib.suppress(Exception):  # and its stores, to start it again and look
+                self.cluster.stop()
+                shutil.move(self.cluster.dir, keep_logs.parent / "cluster")
+                return
         self.cluster.remove()
 
 

@@ -109,6 +109,12 @@ class Knobs:
     #: a real sheep while nodes go down: DEL_VDI still answers SUCCESS (delete_vdi_work does
     #: not check the write), and the VDI comes back at the next start (docs/SHEEPDOG.md F23)
     lost_inode_writes: int = 0
+    #: the next NEW_VDIs whose gateway dies after ``notify_vdi_add`` gave the vid its state
+    #: and before the inode is written (``sheep/vdi.c:vdi_create``): no inode; the vid is
+    #: marked in use as by the next node to join, so lookups of its chain fail with NO_OBJ
+    #: (docs/SHEEPDOG.md F24). Pair it with ``close_next_reply(node, "header", "NEW_VDI")``:
+    #: a dead gateway sends no reply.
+    inodeless_new_vdis: int = 0
 
 
 @dataclass

@@ -170,9 +170,21 @@ def vdi_create(st: ClusterState, iocb: VdiIocb) -> tuple[int, int]:
     new_vid = info.free_bit
     old = info.vid if iocb.base_vid == 0 else iocb.base_vid
     notify_vdi_add(st, new_vid, iocb.nr_copies, old, iocb.copy_policy, iocb.block_size_shift)
+    if _gateway_dies(st, new_vid):
+        return Res.SUCCESS, new_vid
     if iocb.base_vid == 0:
         return create_vdi(st, iocb, snapid, new_vid), new_vid
     return clone_vdi(st, iocb, snapid, new_vid, iocb.base_vid), new_vid
+
+
+def _gateway_dies(st: ClusterState, new_vid: int) -> bool:
+    """The ``inodeless_new_vdis`` knob: the vid has its state, the inode is never written."""
+    if st.knobs.inodeless_new_vdis <= 0:
+        return False
+    st.knobs.inodeless_new_vdis -= 1
+    st.vdis.inuse.add(new_vid)  # as the next node to join marks it
+    log.error("new vdi %x: the gateway died before writing its inode", new_vid)
+    return True
 
 
 def vdi_snapshot(st: ClusterState, iocb: VdiIocb) -> Generator[float, None, tuple[int, int]]:
@@ -183,6 +195,8 @@ def vdi_snapshot(st: ClusterState, iocb: VdiIocb) -> Generator[float, None, tupl
         return ret, 0
     new_vid = info.free_bit
     notify_vdi_add(st, new_vid, iocb.nr_copies, info.vid, iocb.copy_policy, iocb.block_size_shift)
+    if _gateway_dies(st, new_vid):
+        return Res.SUCCESS, new_vid
     if iocb.base_vid == info.vid:
         ret = yield from snapshot_vdi(st, iocb, info.snapid, new_vid, iocb.base_vid)
         return ret, new_vid
@@ -293,7 +307,10 @@ def restart(st: ClusterState) -> None:
     whatever DEL_VDI answered before."""
     for vid in sorted(st.vdis.inuse | st.vdis.deleted):
         img = st.store.get(vid_to_vdi_oid(vid))
-        if img is None:
+        if img is None:  # no inode to take it from: the vid is free again (F24)
+            st.vdis.inuse.discard(vid)
+            st.vdis.deleted.discard(vid)
+            st.vdis.entries.pop(vid, None)
             continue
         gone = ino.header(img).is_deleted
         (st.vdis.deleted.add if gone else st.vdis.deleted.discard)(vid)

@@ -22,6 +22,7 @@ from ..base import AttrValue, check_name
 from . import proto
 from .client import SheepClient
 from .proto import NAME_SIZE, Op, Request, Res
+from .structs import fnv64a
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +40,9 @@ READ_VALUE = 256
 MAX_PROBES = 8
 FLAG_EXCL = 0x0200
 
-_FNV_INIT = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
 _U64 = (1 << 64) - 1
 _ATTR_HEADER = struct.Struct("<256s256sQII256s")
-
-
-def _fnv(data: bytes, hval: int = _FNV_INIT) -> int:
-    for b in data:
-        hval = ((hval ^ b) * _FNV_PRIME) & _U64
-    return hval
 
 
 def _zeros(hval: int, count: int) -> int:
@@ -59,11 +53,11 @@ def _zeros(hval: int, count: int) -> int:
 def attr_oid(name: bytes, key: bytes, slot: int = 0) -> int:
     """The object of attribute ``key`` of the working VDI ``name``, ``slot`` places past
     the hash slot: ``sd_hash_vdi(name) << 32 | VDI_ATTR_BIT | hash_vdi_attr(...)``."""
-    named = _fnv(name)
+    named = fnv64a(name)
     vid = named & 0xFFFFFF  # sd_hash_vdi, without the 0 -> 1 step of vid allocation
     hval = _zeros(named, NAME_SIZE - len(name))  # the rest of the 256-byte name
     hval = _zeros(hval, NAME_SIZE + 4)  # the empty tag and snap_id 0
-    hval = _zeros(_fnv(key, hval), NAME_SIZE - len(key))
+    hval = _zeros(fnv64a(key, hval), NAME_SIZE - len(key))
     attr_id = (hval + slot) & 0xFFFFFFFF
     return vid << 32 | proto.VDI_ATTR_BIT | attr_id
 

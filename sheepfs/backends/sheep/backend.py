@@ -37,6 +37,7 @@ from .attrs import AttributeOps
 from .client import SheepClient
 from .cluster import ClusterInfo
 from .data import DataPath, run_all
+from .holes import Holes
 from .inode import Vdi, find_vid, finish_delete, load, read_entries, read_header
 from .listing import list_vdis, stat_nodes, to_info
 from .proto import INDEX_OFFSET, Op, Res
@@ -78,6 +79,7 @@ class SheepBackend(AttributeOps, Backend):
         self._stack = contextlib.AsyncExitStack()
         self._client: SheepClient | None = None
         self._data: DataPath | None = None
+        self._holes: Holes | None = None
         self._vdis: dict[bytes, Vdi] = {}
         self._loading: dict[bytes, trio.Lock] = {}
         self._default_shift = 22
@@ -90,6 +92,12 @@ class SheepBackend(AttributeOps, Backend):
             raise BackendError("start", None, "the sheep backend is not open")
         return self._client
 
+    @property
+    def holes(self) -> Holes:
+        if self._holes is None:
+            raise BackendError("start", None, "the sheep backend is not open")
+        return self._holes
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
@@ -97,22 +105,18 @@ class SheepBackend(AttributeOps, Backend):
         self._client = await self._stack.enter_async_context(client)
         defaults = self._defaults = await client.probe()
         self._default_shift = defaults.block_size_shift or 22
-        self._data = DataPath(client)
+        self._data, self._holes = DataPath(client), Holes(client, defaults)
         host, port = client.address
         log.info(
             "cluster at %s:%d: running, %d nodes, epoch %d, %d copies%s, %d MiB objects",
-            host,
-            port,
-            defaults.nr_nodes,
-            defaults.epoch,
-            defaults.copies,
+            host, port, defaults.nr_nodes, defaults.epoch, defaults.copies,
             f" (erasure coded, policy {defaults.copy_policy:#x})" if defaults.copy_policy else "",
             (1 << self._default_shift) >> 20,
-        )
+        )  # fmt: skip
 
     async def aclose(self) -> None:
         await self._stack.aclose()
-        self._client = self._data = None
+        self._client = self._data = self._holes = None
 
     # -- the VDI cache -----------------------------------------------------------------------
 
@@ -169,7 +173,7 @@ class SheepBackend(AttributeOps, Backend):
 
     async def lookup(self, name: bytes) -> VdiInfo | None:
         check_name("lookup", name)
-        vdi = await load(self.client, "lookup", name)
+        vdi = await self.holes.retried(name, lambda: load(self.client, "lookup", name))
         if vdi is None:
             self._vdis.pop(name, None)
             return None
@@ -188,15 +192,9 @@ class SheepBackend(AttributeOps, Backend):
         if layout is not None and layout.copies:
             copies = layout.copies + layout.parity
             policy = ec_policy(layout.copies, layout.parity) if layout.parity else 0
-        req = proto.vdi_request(
-            Op.NEW_VDI,
-            name,
-            vdi_size=size,
-            copies=copies,
-            copy_policy=policy,
-            block_size_shift=shift,
+        reply = await self.holes.new_vdi(
+            name, vdi_size=size, copies=copies, copy_policy=policy, block_size_shift=shift
         )
-        reply = await self.client.call(req, resend=False)
         if reply.result == Res.VDI_EXIST:
             raise Exists("create", name, "VDI exists already")
         proto.checked("create", name, reply)
@@ -286,8 +284,8 @@ class SheepBackend(AttributeOps, Backend):
         """Tag working vid ``vid`` and make a new working VDI on it; the new vid."""
         req = proto.obj_write(proto.ioid(vid), 256, proto.pad(raw))
         proto.checked("snapshot", name, await self.client.call(req))
-        req = proto.vdi_request(Op.NEW_VDI, name, snapid=1, base_vdi_id=vid, **h.like())
-        return proto.checked("snapshot", name, await self.client.call(req, resend=False)).vdi_id
+        reply = await self.holes.new_vdi(name, snapid=1, base_vdi_id=vid, **h.like())
+        return proto.checked("snapshot", name, reply).vdi_id
 
     async def clone(self, name: bytes, tag: str, new_name: bytes) -> None:
         check_name("clone", name)
@@ -298,8 +296,7 @@ class SheepBackend(AttributeOps, Backend):
         h = await read_header(self.client, "clone", base)
         if not h.is_snapshot:
             raise InvalidArgument("clone", name, "only a snapshot can be cloned")
-        req = proto.vdi_request(Op.NEW_VDI, new_name, base_vdi_id=base, **h.like())
-        reply = await self.client.call(req, resend=False)
+        reply = await self.holes.new_vdi(new_name, base_vdi_id=base, **h.like())
         if reply.result == Res.VDI_EXIST:
             raise Exists("clone", new_name, "VDI exists already")
         proto.checked("clone", new_name, reply)

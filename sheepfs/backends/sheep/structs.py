@@ -9,6 +9,18 @@ from dataclasses import dataclass
 
 from .proto import NODE_SIZE
 
+_FNV_INIT = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+_U64 = (1 << 64) - 1
+
+
+def fnv64a(data: bytes, hval: int = _FNV_INIT) -> int:
+    """FNV-1a, 64 bits: the hash of names (``sd_hash_vdi``) and attribute keys."""
+    for b in data:
+        hval = ((hval ^ b) * _FNV_PRIME) & _U64
+    return hval
+
+
 # -- the inode header ----------------------------------------------------------------------
 
 _INODE = struct.Struct("<256s256sQQQQQBBBBIIII")
