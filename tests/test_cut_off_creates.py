@@ -81,6 +81,22 @@ async def test_a_hole_left_by_our_cut_off_create_is_mended(caplog) -> None:
         assert fake.events == []
 
 
+async def test_a_create_answered_vdi_write_may_leave_a_hole_too() -> None:
+    """VDI_WRITE: the gateway lived, but the inode's write failed after the vid had its
+    state (nodes going down); the backend mends that hole as it does a cut-off's."""
+    async with fake_cluster(nodes=3) as fake:
+        async with SheepBackend([fake.address()], timeout=TIMEOUT) as backend:
+            await backend.create(b"v", MiB)
+            await backend.snapshot(b"v", "keep")
+            fake.control.set_knob("inodeless_result", "VDI_WRITE")
+            fake.control.set_knob("inodeless_new_vdis", 1)
+            with pytest.raises(BackendError):
+                await backend.snapshot(b"v", "again")
+            await trio.sleep(TIMEOUT)
+            assert (await backend.lookup(b"v")).size == MiB  # the chain resolves again
+        assert fake.events == []
+
+
 async def test_a_hole_another_client_left_is_not_touched() -> None:
     """Only a chain where a create of ours was cut off: a hole there is ours; another
     client's may be an inode that is only out of reach."""

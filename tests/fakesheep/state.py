@@ -115,6 +115,9 @@ class Knobs:
     #: (docs/SHEEPDOG.md F24). Pair it with ``close_next_reply(node, "header", "NEW_VDI")``:
     #: a dead gateway sends no reply.
     inodeless_new_vdis: int = 0
+    #: what such a NEW_VDI answers if its reply is not cut: "SUCCESS", or "VDI_WRITE" as a
+    #: gateway that lived but could not write the inode (nodes going down)
+    inodeless_result: str = "SUCCESS"
 
 
 @dataclass

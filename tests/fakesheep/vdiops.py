@@ -171,7 +171,7 @@ def vdi_create(st: ClusterState, iocb: VdiIocb) -> tuple[int, int]:
     old = info.vid if iocb.base_vid == 0 else iocb.base_vid
     notify_vdi_add(st, new_vid, iocb.nr_copies, old, iocb.copy_policy, iocb.block_size_shift)
     if _gateway_dies(st, new_vid):
-        return Res.SUCCESS, new_vid
+        return Res[st.knobs.inodeless_result], new_vid
     if iocb.base_vid == 0:
         return create_vdi(st, iocb, snapid, new_vid), new_vid
     return clone_vdi(st, iocb, snapid, new_vid, iocb.base_vid), new_vid
@@ -196,7 +196,7 @@ def vdi_snapshot(st: ClusterState, iocb: VdiIocb) -> Generator[float, None, tupl
     new_vid = info.free_bit
     notify_vdi_add(st, new_vid, iocb.nr_copies, info.vid, iocb.copy_policy, iocb.block_size_shift)
     if _gateway_dies(st, new_vid):
-        return Res.SUCCESS, new_vid
+        return Res[st.knobs.inodeless_result], new_vid
     if iocb.base_vid == info.vid:
         ret = yield from snapshot_vdi(st, iocb, info.snapid, new_vid, iocb.base_vid)
         return ret, new_vid

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import struct
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 
 import trio
@@ -36,7 +35,8 @@ from . import proto
 from .attrs import AttributeOps
 from .client import SheepClient
 from .cluster import ClusterInfo
-from .data import DataPath, run_all
+from .data import DataPath
+from .extents import write_extents
 from .holes import Holes
 from .inode import Vdi, find_vid, finish_delete, load, read_entries, read_header
 from .listing import list_vdis, stat_nodes, to_info
@@ -46,9 +46,6 @@ from .stream import prefetch
 from .structs import InodeHeader, ec_policy
 
 log = logging.getLogger(__name__)
-
-#: Bytes of a spool file read and sent at once by write_extents.
-UPLOAD_WINDOW = 64 << 20
 
 
 def _check_tag(op: str, name: bytes, tag: str) -> bytes:
@@ -136,19 +133,29 @@ class SheepBackend(AttributeOps, Backend):
                 self._vdis[name] = vdi
         return vdi
 
-    def _remember(self, name: bytes, fresh: Vdi) -> None:
-        """Keep what a listing or lookup read, unless a write of ours is under way."""
+    def _state(self) -> dict[bytes, tuple[int, int]]:
+        """Each cached VDI's vid and publishes, taken before a listing or lookup reads."""
+        return {name: (vdi.vid, vdi.publishes) for name, vdi in self._vdis.items()}
+
+    def _remember(self, name: bytes, fresh: Vdi, before: tuple[int, int] | None) -> None:
+        """Keep what a listing or lookup read, unless the cached VDI changed since the read
+        began (``before``): an object our writes allocated meanwhile would be forgotten, and
+        its next write would make it again from zeros (found by scripts/soak). Nor while a
+        write of ours is under way."""
         cached = self._vdis.get(name)
+        now = None if cached is None else (cached.vid, cached.publishes)
+        if now != before or (cached is not None and cached.allocating):
+            return
         if cached is None or cached.vid != fresh.vid:
             self._vdis[name] = fresh
-        elif not cached.allocating:
+        else:
             cached.header, cached.entries = fresh.header, fresh.entries
             cached.loaded_at = fresh.loaded_at
 
     # -- metadata ----------------------------------------------------------------------------
 
     async def list(self) -> dict[bytes, VdiInfo]:
-        started, partial = trio.current_time(), None
+        started, partial, before = trio.current_time(), None, self._state()
         try:
             found = await list_vdis(self.client)
             self._snaps.saw(found, started)
@@ -157,7 +164,7 @@ class SheepBackend(AttributeOps, Backend):
         out = {}
         for vdi in found:
             if not vdi.header.is_snapshot:
-                self._remember(vdi.name, vdi)
+                self._remember(vdi.name, vdi, before.get(vdi.name))
                 out[vdi.name] = to_info(vdi.name, vdi)
         if partial is not None:  # what it lacks may be there all the same
             raise errors.PartialListing("list", out, partial.detail)
@@ -173,11 +180,12 @@ class SheepBackend(AttributeOps, Backend):
 
     async def lookup(self, name: bytes) -> VdiInfo | None:
         check_name("lookup", name)
+        before = self._state().get(name)
         vdi = await self.holes.retried(name, lambda: load(self.client, "lookup", name))
         if vdi is None:
             self._vdis.pop(name, None)
             return None
-        self._remember(name, vdi)
+        self._remember(name, vdi, before)
         return to_info(name, vdi)
 
     async def create(self, name: bytes, size: int, layout: Layout | None = None) -> None:
@@ -361,27 +369,8 @@ class SheepBackend(AttributeOps, Backend):
             yield pieces
 
     async def write_extents(self, name: bytes, fd: int, extents: Sequence[tuple[int, int]]) -> int:
-        """Extents of a spool file in windows of many objects: each window's objects are
-        written at once (``DataPath.write``) while the next window is read from disk."""
-        windows = [
-            (pos, min(UPLOAD_WINDOW, offset + length - pos))
-            for offset, length in extents
-            for pos in range(offset, offset + length, UPLOAD_WINDOW)
-        ]
-
-        def read(pos: int, n: int) -> bytes:
-            data = os.pread(fd, n, pos)
-            return data + bytes(n - len(data))  # past the spool file's end it reads zero
-
-        data = await trio.to_thread.run_sync(read, *windows[0]) if windows else b""
-        for k, (pos, _) in enumerate(windows):
-            following: list[bytes] = []
-            calls = [lambda p=pos, d=data: self.write_parts(name, p, [d])]
-            if k + 1 < len(windows):
-                calls.append(lambda w=windows[k + 1], box=following: _read_to(box, read, w))
-            await run_all(calls)
-            data = following[0] if following else b""
-        return sum(n for _, n in windows)
+        """A spool file's extents, many objects at once (``DataPath.write``)."""
+        return await write_extents(lambda pos, d: self.write_parts(name, pos, [d]), fd, extents)
 
     async def write_parts(self, name: bytes, offset: int, parts: Sequence[Buffer]) -> None:
         length = sum(len(p) for p in parts)
@@ -391,7 +380,3 @@ class SheepBackend(AttributeOps, Backend):
             vdi = await self._covering("write", name, offset + length)
             assert self._data is not None
             await self._data.write(vdi, offset, parts)
-
-
-async def _read_to(box: list[bytes], read: Callable[[int, int], bytes], window: tuple[int, int]):
-    box.append(await trio.to_thread.run_sync(read, *window))

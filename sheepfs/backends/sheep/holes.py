@@ -8,7 +8,8 @@ hash chain reads the missing inode and fails with NO_OBJ (``fill_vdi_info_range`
 names are unreachable, their data with them, until every sheep has restarted (a starting
 sheep marks only the vids whose inodes it stores).
 
-So a NEW_VDI of ours that was cut off is remembered by its chain; when a lookup of a name
+So a NEW_VDI of ours that was cut off, or failed once the vid had its state (VDI_WRITE:
+the inode's write failed), is remembered by its chain; when a lookup of a name
 of that chain fails, and the chain's last vid alone has no inode, that vid gets the inode a
 DEL_VDI leaves (no name, size 0), which lookups pass by. Only the last vid: a NEW_VDI takes
 the vid just past its chain, and no later one can land past a vid that breaks lookups. A
@@ -39,6 +40,9 @@ T = TypeVar("T")
 
 #: Vids are 24 bits; vid 0 is never used.
 NR_VDIS = 1 << 24
+#: NEW_VDI failures that come after the vid got its state: as a cut-off, they may leave it
+#: with no inode (the new inode's write failed, or the base's before it).
+HALF_DONE = frozenset({Res.VDI_WRITE, Res.BASE_VDI_READ, Res.BASE_VDI_WRITE})
 #: The inode header up to ``btree_counter`` (see structs.InodeHeader).
 _HEADER = struct.Struct("<256s256sQQQQQBBBBIIII")
 
@@ -70,15 +74,21 @@ class Holes:
         """Send NEW_VDI for ``name`` (never resent: it is not idempotent)."""
         req = proto.vdi_request(Op.NEW_VDI, name, **fields)
         try:
-            return await self.client.call(req, resend=False)
+            reply = await self.client.call(req, resend=False)
         except BackendError as e:
             if e.may_have_run:
-                d = self.defaults
-                copies = fields.get("copies") or d.copies
-                policy = fields.get("copy_policy", 0) if fields.get("copies") else d.copy_policy
-                shift = fields.get("block_size_shift") or d.block_size_shift or 22
-                self._cut[chain_start(name)] = CutOff(trio.current_time(), copies, policy, shift)
+                self._cut_off(name, fields)
             raise
+        if reply.result in HALF_DONE:
+            self._cut_off(name, fields)
+        return reply
+
+    def _cut_off(self, name: bytes, fields: dict[str, int]) -> None:
+        d = self.defaults
+        copies = fields.get("copies") or d.copies
+        policy = fields.get("copy_policy", 0) if fields.get("copies") else d.copy_policy
+        shift = fields.get("block_size_shift") or d.block_size_shift or 22
+        self._cut[chain_start(name)] = CutOff(trio.current_time(), copies, policy, shift)
 
     async def retried(self, name: bytes, attempt: Callable[[], Awaitable[T]]) -> T:
         """``attempt()`` (a lookup of ``name``), once more if it failed and mending a hole

@@ -46,6 +46,9 @@ class Vdi:
     object_locks: dict[int, trio.Lock] = field(default_factory=dict)
     #: Held by the one READONLY repair at a time (the others wait, then redo their piece).
     repairing: trio.Lock = field(default_factory=trio.Lock)
+    #: Index entries published by our writes so far: a read of the index that began before
+    #: one of them must not replace ``entries`` (see SheepBackend._remember).
+    publishes: int = 0
     #: Set while a snapshot we take is under way: no new piece starts (rule 15).
     frozen: trio.Event | None = None
     #: Entries published while an index read is under way, one dict per read: the read
@@ -75,6 +78,7 @@ class Vdi:
         if index >= len(self.entries):
             self.entries.extend([0] * (index + 1 - len(self.entries)))
         self.entries[index] = vid
+        self.publishes += 1
         for seen in self.watching:
             seen[index] = vid
 

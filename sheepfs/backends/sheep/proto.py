@@ -75,6 +75,8 @@ class Res(enum.IntEnum):
     VDI_LOCKED = 0x07
     NO_VDI = 0x08
     VDI_WRITE = 0x0B
+    BASE_VDI_READ = 0x0C
+    BASE_VDI_WRITE = 0x0D
     NO_TAG = 0x0E
     SHUTDOWN = 0x11
     NO_MEM = 0x12
