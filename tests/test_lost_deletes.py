@@ -80,6 +80,35 @@ async def test_a_delete_that_cannot_be_finished_says_the_vdi_may_come_back():
             assert "may come back when the cluster next starts" in str(e.value)
 
 
+@pytest.mark.parametrize("then", ["lookup", "list", "create", "close"])
+async def test_a_delete_not_checked_is_checked_again_later(then, caplog):
+    """Found by scripts/soak (sheep backend): a replace's delete whose check timed out under
+    a node kill; the replace went on, and the old VDI came back at the next cluster start.
+    The backend keeps such deletes and checks them again: at the next lookup or create of
+    the name, after a listing, and as it closes."""
+    async with fake_cluster(nodes=3) as fake:
+        async with SheepBackend([fake.address()], timeout=10) as backend:
+            await backend.create(b"v", 4 * MiB)
+            fake.control.set_knob("lost_inode_writes", 1)
+            fake.control.inject("EIO", op="WRITE_OBJ")  # the emptying write fails too
+            with pytest.raises(BackendError):
+                await backend.delete(b"v")
+            with caplog.at_level(logging.INFO):
+                if then == "lookup":
+                    assert await backend.lookup(b"v") is None
+                elif then == "list":
+                    assert b"v" not in await backend.list()
+                elif then == "create":
+                    await backend.create(b"v", MiB)
+            if then != "close":
+                assert "is checked now" in caplog.text
+        fake.control.restart()
+        async with SheepBackend([fake.address()], timeout=10) as backend:
+            found = await backend.lookup(b"v")
+            assert found is None if then != "create" else found.size == MiB  # not the old one
+        assert fake.events == []
+
+
 async def test_a_delete_that_landed_writes_nothing_more():
     async with fake_cluster(nodes=3) as fake:
         async with SheepBackend([fake.address()], timeout=10) as backend:

@@ -36,9 +36,10 @@ from .attrs import AttributeOps
 from .client import SheepClient
 from .cluster import ClusterInfo
 from .data import DataPath
+from .deletes import Deletes
 from .extents import write_extents
 from .holes import Holes
-from .inode import Vdi, find_vid, finish_delete, load, read_entries, read_header
+from .inode import Vdi, find_vid, load, read_entries, read_header
 from .listing import list_vdis, stat_nodes, to_info
 from .proto import INDEX_OFFSET, Op, Res
 from .snapshots import SnapshotReads
@@ -77,6 +78,7 @@ class SheepBackend(AttributeOps, Backend):
         self._client: SheepClient | None = None
         self._data: DataPath | None = None
         self._holes: Holes | None = None
+        self._deletes = Deletes()  # those whose emptied inode is not checked yet
         self._vdis: dict[bytes, Vdi] = {}
         self._loading: dict[bytes, trio.Lock] = {}
         self._default_shift = 22
@@ -112,6 +114,9 @@ class SheepBackend(AttributeOps, Backend):
         )  # fmt: skip
 
     async def aclose(self) -> None:
+        if self._client is not None and self._deletes:
+            with trio.move_on_after(2 * self.timeout):
+                await self._deletes.recheck(self._client)
         await self._stack.aclose()
         self._client = self._data = self._holes = None
 
@@ -169,6 +174,7 @@ class SheepBackend(AttributeOps, Backend):
         if partial is not None:  # what it lacks may be there all the same
             raise errors.PartialListing("list", out, partial.detail)
         self._forget_unlisted(out)
+        await self._deletes.recheck(self.client)
         return out
 
     def _forget_unlisted(self, listed: dict[bytes, VdiInfo]) -> None:
@@ -180,6 +186,7 @@ class SheepBackend(AttributeOps, Backend):
 
     async def lookup(self, name: bytes) -> VdiInfo | None:
         check_name("lookup", name)
+        await self._deletes.recheck(self.client, name)  # before it may be found again
         before = self._state().get(name)
         vdi = await self.holes.retried(name, lambda: load(self.client, "lookup", name))
         if vdi is None:
@@ -190,6 +197,7 @@ class SheepBackend(AttributeOps, Backend):
 
     async def create(self, name: bytes, size: int, layout: Layout | None = None) -> None:
         check_name("create", name)
+        await self._deletes.recheck(self.client, name)
         shift = layout.block_size_shift if layout else 0
         if shift and not 20 <= shift <= 31:  # the sheep shifts by it unchecked (rule 11)
             raise InvalidArgument("create", name, f"object size 2^{shift}: only 2^20..2^31")
@@ -226,7 +234,7 @@ class SheepBackend(AttributeOps, Backend):
         if reply.vdi_id != vid:
             log.warning("delete %r: deleted vid %#x, not %#x (changed meanwhile)", name,
                         reply.vdi_id, vid)  # fmt: skip
-        await finish_delete(self.client, name, reply.vdi_id, header.create_time)
+        await self._deletes.finish(self.client, name, reply.vdi_id, header.create_time)
 
     async def _zero_index(self, name: bytes, vid: int, entries: Sequence[int] | dict) -> None:
         """Zero every run of non-zero index entries (only entries that change, rule 14)."""
