@@ -138,9 +138,10 @@ class SheepBackend(AttributeOps, Backend):
                 self._vdis[name] = vdi
         return vdi
 
-    def _state(self) -> dict[bytes, tuple[int, int]]:
-        """Each cached VDI's vid and publishes, taken before a listing or lookup reads."""
-        return {name: (vdi.vid, vdi.publishes) for name, vdi in self._vdis.items()}
+    def _mark(self, name: bytes) -> tuple[int, int] | None:
+        """The cached VDI's vid and publishes, taken before a listing or lookup reads."""
+        vdi = self._vdis.get(name)
+        return None if vdi is None else (vdi.vid, vdi.publishes)
 
     def _remember(self, name: bytes, fresh: Vdi, before: tuple[int, int] | None) -> None:
         """Keep what a listing or lookup read, unless the cached VDI changed since the read
@@ -148,8 +149,7 @@ class SheepBackend(AttributeOps, Backend):
         its next write would make it again from zeros (found by scripts/soak). Nor while a
         write of ours is under way."""
         cached = self._vdis.get(name)
-        now = None if cached is None else (cached.vid, cached.publishes)
-        if now != before or (cached is not None and cached.allocating):
+        if self._mark(name) != before or (cached is not None and cached.allocating):
             return
         if cached is None or cached.vid != fresh.vid:
             self._vdis[name] = fresh
@@ -160,7 +160,8 @@ class SheepBackend(AttributeOps, Backend):
     # -- metadata ----------------------------------------------------------------------------
 
     async def list(self) -> dict[bytes, VdiInfo]:
-        started, partial, before = trio.current_time(), None, self._state()
+        started, partial = trio.current_time(), None
+        before = {name: self._mark(name) for name in self._vdis}
         try:
             found = await list_vdis(self.client)
             self._snaps.saw(found, started)
@@ -187,7 +188,7 @@ class SheepBackend(AttributeOps, Backend):
     async def lookup(self, name: bytes) -> VdiInfo | None:
         check_name("lookup", name)
         await self._deletes.recheck(self.client, name)  # before it may be found again
-        before = self._state().get(name)
+        before = self._mark(name)
         vdi = await self.holes.retried(name, lambda: load(self.client, "lookup", name))
         if vdi is None:
             self._vdis.pop(name, None)
