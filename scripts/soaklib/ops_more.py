@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 from . import content
 from .judge import differences, judge
-from .model import materialize
+from .model import Entry, materialize
 from .ops import MiB, Worker
 
 log = logging.getLogger("soak")
@@ -84,7 +85,7 @@ def fio(wk: Worker) -> bool:
     return True
 
 
-def _judge_read(wk: Worker, e, kept) -> None:
+def _judge_read(wk: Worker, e: Entry, kept: Path) -> None:
     """A read that succeeded must have returned exactly what the model says ``e`` holds;
     what a bad one returned stays beside (``--keep`` keeps it)."""
     with open(kept, "rb") as f:
