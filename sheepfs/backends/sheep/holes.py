@@ -20,7 +20,6 @@ over it; so only once a timeout has passed since the cut-off, when one has becom
 from __future__ import annotations
 
 import logging
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,19 +31,15 @@ from ...errors import BackendError
 from . import proto
 from .client import SheepClient
 from .cluster import ClusterInfo
-from .proto import INODE_HEADER_SIZE, VDI_BITMAP_SIZE, Op, Reply, Res
-from .structs import fnv64a
+from .proto import INODE_HEADER_SIZE, NR_VDIS, VDI_BITMAP_SIZE, Op, Reply, Res
+from .structs import INODE_HEADER, fnv64a
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Vids are 24 bits; vid 0 is never used.
-NR_VDIS = 1 << 24
 #: NEW_VDI failures that come after the vid got its state: as a cut-off, they may leave it
 #: with no inode (the new inode's write failed, or the base's before it).
 HALF_DONE = frozenset({Res.VDI_WRITE, Res.BASE_VDI_READ, Res.BASE_VDI_WRITE})
-#: The inode header up to ``btree_counter`` (see structs.InodeHeader).
-_HEADER = struct.Struct("<256s256sQQQQQBBBBIIII")
 
 
 def chain_start(name: bytes) -> int:
@@ -164,7 +159,7 @@ def deleted_inode(vid: int, cut: CutOff) -> bytes:
     """The header DEL_VDI leaves: no name, size 0, its layout (the index stays zero)."""
     now = time.time_ns()
     ctime = (now // 1_000_000_000) << 32 | now % 1_000_000_000
-    return _HEADER.pack(
+    return INODE_HEADER.pack(
         b"", b"", ctime, 0, 0, 0, 0, cut.copy_policy, 0, cut.copies, cut.block_size_shift,
         1, vid, 0, 0,
     )  # fmt: skip

@@ -35,8 +35,10 @@ FLAG_DEL = 0x0400
 INODE_HEADER_SIZE = 4664
 INDEX_OFFSET = INODE_HEADER_SIZE
 MAX_INDEX = 1 << 20
+#: Vids are 24 bits (SD_NR_VDIS); vid 0 is never used.
+NR_VDIS = 1 << 24
 #: READ_VDIS / READ_DEL_VDIS carry exactly this many bytes (a bit per vid).
-VDI_BITMAP_SIZE = (1 << 24) // 8
+VDI_BITMAP_SIZE = NR_VDIS // 8
 #: GET_NODE_LIST wants a buffer of 6,144 nodes x 80 bytes, whatever the cluster holds.
 NODE_LIST_SIZE = 6144 * 80
 NODE_SIZE = 80

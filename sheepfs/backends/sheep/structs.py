@@ -23,7 +23,8 @@ def fnv64a(data: bytes, hval: int = _FNV_INIT) -> int:
 
 # -- the inode header ----------------------------------------------------------------------
 
-_INODE = struct.Struct("<256s256sQQQQQBBBBIIII")
+#: The inode header up to ``btree_counter``: what InodeHeader parses.
+INODE_HEADER = struct.Struct("<256s256sQQQQQBBBBIIII")
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class InodeHeader:
     @classmethod
     def parse(cls, data: bytes | bytearray | memoryview) -> InodeHeader:
         (name, tag, ctime, snap_ctime, _, size, _, policy, store, copies, shift, snap_id, vid,
-         parent, _) = _INODE.unpack_from(data)  # fmt: skip
+         parent, _) = INODE_HEADER.unpack_from(data)  # fmt: skip
         return cls(
             name.split(b"\0", 1)[0],
             tag.split(b"\0", 1)[0],
