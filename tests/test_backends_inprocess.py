@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from sheepfs.backends.base import Backend, Layout, VdiKind
 from sheepfs.backends.dog import DogBackend
@@ -188,3 +189,13 @@ async def test_local_open_fails_without_its_directory(tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="not a directory"):
         async with LocalBackend(tmp_path / "absent"):
             pass
+
+
+async def test_a_settled_cluster_is_not_recovering(backend: Backend) -> None:
+    """Deletes ask this first (docs/SHEEPDOG.md F25): on a real cluster, every node's
+    STAT_RECOVERY (sheep) or ``dog node recovery -r`` (dog, the fake) says none recovers
+    once the cluster has settled."""
+    with trio.fail_after(60):
+        while await backend.recovering():  # a throwaway cluster may still settle
+            await trio.sleep(0.5)
+    assert await backend.recovering() is False

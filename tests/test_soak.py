@@ -19,7 +19,7 @@ from tests.mounting import ROOT
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from soaklib.judge import judge  # noqa: E402
-from soaklib.model import ABSENT, Entry, Version  # noqa: E402
+from soaklib.model import ABSENT, Entry, Version, materialize  # noqa: E402
 from soaklib.proxy import ProxyProcess  # noqa: E402
 from soaklib.report import Report  # noqa: E402
 
@@ -137,6 +137,36 @@ def test_a_version_reads_its_base_with_patches_and_zeros_past_it(tmp_path) -> No
     v = version(tmp_path, b"0123456789").patched(3, b"ab").patched(12, b"Z").grown(20)
     assert v.read(0, 20) == b"012ab56789\0\0Z" + bytes(7)
     assert v.read(18, 10) == bytes(2)
+
+
+@pytest.mark.parametrize("base", [b"0123456789", None])
+def test_a_version_made_one_file_holds_its_patches_where_they_were_written(tmp_path, base) -> None:
+    """Found by the soak: the shadow file was opened for appending, so every patch landed
+    at its end and was cut off again, and rsync's source lacked the change it was to make
+    (and every earlier dd or fio write of the file)."""
+    v = version(tmp_path, base) if base is not None else Version(True, 10)
+    v = v.patched(3, b"ab").patched(12, b"Z").grown(20)
+    made = materialize(v, tmp_path / "made")
+    assert (tmp_path / "made").read_bytes() == v.read(0, 20)
+    assert made.read(0, 20) == v.read(0, 20) and made.size == 20 and not made.patches
+
+
+def test_a_refused_in_place_rsync_may_leave_zeros_other_refusals_not(tmp_path) -> None:
+    """Found by the soak: an in-place rsync whose reads of the file failed under a cluster
+    restart wrote zeros, in its own block size, where it copied blocks within the file
+    (rsync fills a block it cannot read with zeros), and only then failed."""
+    old = os.urandom(MiB)
+    new = old[:1000] + os.urandom(5000) + old[6000:]
+    holed = bytearray(old)
+    holed[300_000:310_128] = bytes(10_128)  # two of rsync's blocks, copied from an unreadable place
+    for zeros in (False, True):
+        e = Entry("f", known=version(tmp_path, old))
+        e.refused(version(tmp_path, new, "new"), zeros=zeros)
+        assert judge(stream(new), e.candidates(), zeros=e.maybe_zeros).ok
+        lost = judge(stream(bytes(holed)), e.candidates(), zeros=e.maybe_zeros).lost
+        assert (lost == 0) is zeros
+        e.acknowledged(e.known)  # settled: zeros no longer allowed
+        assert not e.maybe_zeros and judge(stream(bytes(holed)), e.candidates()).lost > 0
 
 
 # -- the report ----------------------------------------------------------------------------

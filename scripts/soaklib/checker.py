@@ -35,7 +35,7 @@ class Checker:
         try:
             stream = self.target.open_vdi(e.name)
             with open(sink_path, "wb") if sink_path else _Null() as sink:
-                verdict = judge(stream, e.candidates(), sink if sink_path else None)
+                verdict = judge(stream, e.candidates(), sink if sink_path else None, e.maybe_zeros)
             if stream is not None:
                 stream.finish()
         except Unavailable as why:

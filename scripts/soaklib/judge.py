@@ -5,7 +5,8 @@ With two (an operation failed or a fault hit it), each byte must be one of the t
 refused write may be partly there), and the size between theirs. A candidate that does not
 exist allows the file to be missing; a refused new file may also be there in part (made at
 some size, partly uploaded, its holes reading zero), and a refused delete may have zeroed
-data (Sheepdog zeroes a VDI's index before it removes it). What matches no candidate is
+data (Sheepdog zeroes a VDI's index before it removes it), and so may a refused in-place
+rsync (it writes a block it could not read back as zeros). What matches no candidate is
 counted, in bytes, as lost.
 """
 
@@ -29,9 +30,15 @@ class Verdict:
     why: str
 
 
-def judge(stream: BinaryIO | None, cands: list[Version], sink: BinaryIO | None = None) -> Verdict:
+def judge(
+    stream: BinaryIO | None,
+    cands: list[Version],
+    sink: BinaryIO | None = None,
+    zeros: bool = False,
+) -> Verdict:
     """``stream`` (the VDI's bytes, None: no such VDI) against ``cands`` (the acknowledged
-    content first); what it reads is also written to ``sink`` (to adopt it as settled)."""
+    content first); what it reads is also written to ``sink`` (to adopt it as settled).
+    ``zeros``: the refused operation may have written zeros (``Entry.maybe_zeros``)."""
     present = [v for v in cands if v.exists]
     may_miss = len(present) < len(cands)
     if stream is None:
@@ -45,7 +52,7 @@ def judge(stream: BinaryIO | None, cands: list[Version], sink: BinaryIO | None =
     # A refused delete (``rm``, a rename's source) may have zeroed data: Sheepdog deletes a
     # VDI by zeroing its index, then removing it, and a fault may come in between.
     partial = not cands[0].exists
-    zeros = partial or any(not v.exists for v in cands[1:])
+    zeros = zeros or partial or any(not v.exists for v in cands[1:])
     lo = 0 if partial else min(v.size for v in present)
     hi = max(v.size for v in present)
     lost, off, budget = 0, 0, [BYTE_CHECKS]

@@ -77,7 +77,8 @@ def materialize(v: Version, path: Path) -> Version:
     """The same content as one shadow file at ``path``, patches applied."""
     if v.base is not None:
         subprocess.run(["cp", "--sparse=always", "--", str(v.base), str(path)], check=True)
-    with open(path, "ab") as f:
+    # Not "ab": with O_APPEND every write lands at the end, whatever the seek before it.
+    with open(path, "r+b" if v.base is not None else "wb") as f:
         for p in v.patches:
             f.seek(p.offset)
             f.write(p.data)
@@ -92,6 +93,10 @@ class Entry:
     name: str
     known: Version = ABSENT
     maybe: Version | None = None
+    #: The unsettled operation may also have left zeros anywhere: rsync ``--inplace``
+    #: fills a block of the file it cannot read back with zeros, writes it, and only then
+    #: fails (a read refused under a fault).
+    maybe_zeros: bool = False
     last_op: str = "-"  # the last operation on it, for the failure report
     last_at: float = 0.0
     history: list[str] = field(default_factory=list)  # the last few, for the same
@@ -108,13 +113,14 @@ class Entry:
         return [self.known] if self.maybe is None else [self.known, self.maybe]
 
     def acknowledged(self, v: Version) -> None:
-        self.known, self.maybe = v, None
+        self.known, self.maybe, self.maybe_zeros = v, None, False
 
-    def refused(self, v: Version) -> None:
-        """The operation that would have made ``v`` failed: ``v`` may or may not be there."""
+    def refused(self, v: Version, zeros: bool = False) -> None:
+        """The operation that would have made ``v`` failed: ``v`` may or may not be there
+        (``zeros``: nor may what it wrote be either, see ``maybe_zeros``)."""
         assert self.maybe is None, f"{self.name}: an operation on an unsettled file"
         if v != self.known:
-            self.maybe = v
+            self.maybe, self.maybe_zeros = v, zeros
 
 
 @dataclass

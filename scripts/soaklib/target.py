@@ -29,6 +29,11 @@ CRASH_WORDS = (
 )
 
 
+#: Seconds a ``dog vdi read`` of a whole VDI may take (the soak's files are at most a few
+#: hundred MiB; a loaded 2-core machine reads 20 MiB/s or more).
+READ_DEADLINE = 300.0
+
+
 class Unavailable(Exception):
     """The cluster could not be read just now (it is down, or the read failed)."""
 
@@ -36,11 +41,8 @@ class Unavailable(Exception):
 class VdiStream:
     """The bytes of one ``dog vdi read``; :meth:`finish` says whether it ended well."""
 
-    def __init__(self, proc: subprocess.Popen, first: bytes, deadline: float = 900) -> None:
-        self.proc, self.first = proc, first
-        self.timer = threading.Timer(deadline, proc.kill)  # a read never blocks the soak
-        self.timer.daemon = True
-        self.timer.start()
+    def __init__(self, proc: subprocess.Popen, first: bytes, timer: threading.Timer) -> None:
+        self.proc, self.first, self.timer = proc, first, timer
 
     def read(self, n: int) -> bytes:
         if self.first:
@@ -72,13 +74,19 @@ class Target:
         """A stream of the VDI's bytes, None if there is no such VDI."""
         argv = self.dog_argv("vdi", "read", "--", name)
         p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
+        # A read never blocks the soak, from its first byte on: a sheep can keep a read
+        # waiting for ever (one whose recovery retries an object it cannot recover).
+        timer = threading.Timer(READ_DEADLINE, p.kill)
+        timer.daemon = True
+        timer.start()
         first = p.stdout.read(1 << 16)
         if first:
-            return VdiStream(p, first)
+            return VdiStream(p, first, timer)
         err = p.stderr.read().decode(errors="replace")
         p.stdout.close()
         if p.wait(60) == 0:
-            return VdiStream(p, b"")  # an empty VDI
+            return VdiStream(p, b"", timer)  # an empty VDI
+        timer.cancel()
         if "No VDI found" in err:
             return None
         raise Unavailable(f"dog vdi read {name}: {err.strip()[-300:]}")

@@ -206,6 +206,11 @@ class Backend(abc.ABC):
         """Delete the working VDI ``name`` (raises NotFound if it is not there, NotPermitted
         where the backend cannot delete it safely)."""
 
+    async def recovering(self) -> bool:
+        """Whether the cluster is recovering objects after a node came or went. Deletes wait
+        for it to end (docs/SHEEPDOG.md F25); a backend that cannot tell says False."""
+        return False
+
     @abc.abstractmethod
     async def resize(self, name: bytes, size: int) -> None:
         """Grow a VDI to ``size``; Sheepdog cannot shrink."""

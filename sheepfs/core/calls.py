@@ -21,6 +21,7 @@ import trio
 
 from ..backends.base import AttrValue, Backend, Buffer, FsStats, Layout, VdiInfo
 from ..errors import BackendError, Timeout
+from .quiesce import RecoveryGate
 
 T = TypeVar("T")
 
@@ -47,6 +48,9 @@ class CallStats:
 class BoundedBackend(Backend):
     """Wraps a backend: same interface, bounded calls in flight (see the module docstring)."""
 
+    #: How long a delete waits for a recovery to end when the core sets no deadline.
+    RECOVERY_LIMIT = 60.0
+
     def __init__(self, backend: Backend, timeout: float | None = None) -> None:
         self.inner = backend
         self.hints = backend.hints
@@ -54,6 +58,7 @@ class BoundedBackend(Backend):
         self.stats = CallStats()
         self._calls = trio.CapacityLimiter(max(1, backend.hints.parallel_calls))
         self._streams = trio.CapacityLimiter(max(1, backend.hints.parallel_calls))
+        self._recovery = RecoveryGate(self.recovering, timeout or self.RECOVERY_LIMIT)
 
     @property
     def in_flight(self) -> int:
@@ -105,7 +110,15 @@ class BoundedBackend(Backend):
     async def create(self, name: bytes, size: int, layout: Layout | None = None) -> None:
         await self._call("create", name, lambda: self.inner.create(name, size, layout))
 
+    async def recovering(self) -> bool:
+        return await self._call("recovery", None, self.inner.recovering)
+
+    async def _after_recovery(self, op: str, name: bytes) -> None:
+        """Deletes wait for a recovery under way (see :mod:`.quiesce`), holding no slot."""
+        await self._recovery.wait(op, name)
+
     async def delete(self, name: bytes) -> None:
+        await self._after_recovery("delete", name)
         await self._call("delete", name, lambda: self.inner.delete(name))
 
     async def resize(self, name: bytes, size: int) -> None:
@@ -121,6 +134,7 @@ class BoundedBackend(Backend):
         await self._call("clone", new_name, lambda: self.inner.clone(name, tag, new_name))
 
     async def delete_snapshot(self, name: bytes, tag: str) -> None:
+        await self._after_recovery("delete snapshot", name)
         await self._call("delete snapshot", name, lambda: self.inner.delete_snapshot(name, tag))
 
     async def snapshots(self, name: bytes) -> list[VdiInfo]:

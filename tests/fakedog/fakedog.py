@@ -104,6 +104,7 @@ COMMANDS = {
     ("vdi", "getattr"): ("aphT", "ap", "[-a address] [-p port] [-h] [-T] <vdiname> <key>"),
     ("node", "list"): ("aphr", "ap", "[-a address] [-p port] [-h] [-r]"),
     ("node", "info"): ("aphr", "ap", "[-a address] [-p port] [-h] [-r]"),
+    ("node", "recovery"): ("aphPrT", "ap", "[-a address] [-p port] [-h] [-P] [-r] [-T] <max> <interval>"),  # noqa: E501
     ("cluster", "info"): ("aphrv", "ap", "[-a address] [-p port] [-h] [-r] [-v]"),
 }  # fmt: skip
 LONG = {
@@ -893,6 +894,22 @@ def cmd_node_list(store: Store, opts: dict, args: list[bytes]) -> None:
             f"{k:4d}   {host}:{base + k:<6d}     \t128 {k:10d}\n" for k in range(n)))  # fmt: skip
 
 
+def cmd_node_recovery(store: Store, opts: dict, args: list[bytes]) -> None:
+    """The nodes in ``config["recovering"]`` (ids) are recovering: 10 of 356 objects done."""
+    addr, port = target(opts)
+    if not reachable(store, addr, port):
+        refused(addr, port)
+        fail("Failed to get node list", 2)
+    host, base = store.config["address"], int(store.config["port"])
+    busy = [int(k) for k in store.config.get("recovering", [])]
+    if opts.get("r"):
+        out("".join(f"{k} {host}:{base + k} 128 {k} 10 356\n" for k in busy))
+    else:
+        out("Nodes In Recovery:\n  Id   Host:Port         V-Nodes       Zone       Progress\n"
+            + "".join(f"{k:4d}   {host}:{base + k:<6d}{128:12d}{k:11d}{2.8:11.1f}%\n"
+                      for k in busy))  # fmt: skip
+
+
 def cmd_node_info(store: Store, opts: dict, args: list[bytes]) -> None:
     addr, port = target(opts)
     if not reachable(store, addr, port):
@@ -1035,6 +1052,7 @@ HANDLERS = {
     ("vdi", "getattr"): cmd_vdi_getattr,
     ("node", "list"): cmd_node_list,
     ("node", "info"): cmd_node_info,
+    ("node", "recovery"): cmd_node_recovery,
     ("cluster", "info"): cmd_cluster_info,
 }
 

@@ -103,6 +103,7 @@ _EMULATED: dict[int, OpInfo] = {
     Op.SHUTDOWN: OpInfo("SHUTDOWN", _C, True, ops_node.op_shutdown),
     Op.STAT_SHEEP: OpInfo("STAT_SHEEP", _L, False, ops_node.op_stat_sheep),
     Op.STAT_CLUSTER: OpInfo("STAT_CLUSTER", _L, True, ops_node.op_stat_cluster),
+    Op.STAT_RECOVERY: OpInfo("STAT_RECOVERY", _L, False, ops_node.op_stat_recovery),
     Op.GET_VDI_ATTR: OpInfo("GET_VDI_ATTR", _C, False, ops_vdi.op_get_vdi_attr),
     Op.GET_VDI_COPIES: OpInfo("GET_VDI_COPIES", _L, True, ops_node.op_get_vdi_copies),
     Op.CLUSTER_INFO: OpInfo("CLUSTER_INFO", _L, True, ops_node.op_cluster_info),

@@ -50,6 +50,12 @@ def op_stat_sheep(ctx: Ctx, req: Request, data: bytes) -> Reply:
     return Reply(Res.SUCCESS, rsp_node(0, size, max(0, size - used)))
 
 
+def op_stat_recovery(ctx: Ctx, req: Request, data: bytes) -> Reply:
+    """``struct recovery_state`` (24 bytes): in_recovery, state, nr_finished, nr_total."""
+    busy = ctx.st.knobs.recovering
+    return Reply(Res.SUCCESS, data=struct.pack("<BxxxIQQ", busy, 1 if busy else 0, 10, 356))
+
+
 def status_result(st: ClusterState) -> int:
     status = st.cinfo.status
     if status == Status.OK:

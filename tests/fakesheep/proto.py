@@ -66,6 +66,7 @@ class Op(IntEnum):
     STAT_SHEEP = 0x86
     STAT_CLUSTER = 0x87
     GET_VDI_ATTR = 0x89
+    STAT_RECOVERY = 0x97
     GET_VDI_COPIES = 0xAB
     CLUSTER_INFO = 0xBE
     READ_DEL_VDIS = 0xC9

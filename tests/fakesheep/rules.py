@@ -27,7 +27,8 @@ from .proto import (
 )
 from .state import ClusterState
 
-#: §5.2: the only internal ops a client may send.
+#: §5.2: the only internal ops a client may send; and STAT_RECOVERY with dog's 24-byte
+#: buffer (docs/PROTOCOL.md: sheepfs asks it before deletes, docs/SHEEPDOG.md F25).
 CLIENT_INTERNAL_OPS = frozenset(
     {
         Op.GET_NODE_LIST,
@@ -36,6 +37,7 @@ CLIENT_INTERNAL_OPS = frozenset(
         Op.GET_VDI_ATTR,
         Op.GET_VDI_COPIES,
         Op.READ_DEL_VDIS,
+        Op.STAT_RECOVERY,
     }
 )
 _NAME_OPS = frozenset({Op.GET_VDI_INFO, Op.LOCK_VDI, Op.DEL_VDI})
@@ -46,6 +48,8 @@ _BUFFERS: dict[int, Callable[[int], bool]] = {
     Op.STAT_CLUSTER: lambda n: n == EPOCH_LOG_SIZE,
     Op.GET_VDI_ATTR: lambda n: n == ATTR_OBJ_SIZE,
     Op.GET_VDI_COPIES: lambda n: n > 0 and n % VDI_STATE_SIZE == 0,
+    # local_stat_recovery fills 24 bytes whatever the buffer (sheep/ops.c)
+    Op.STAT_RECOVERY: lambda n: n == 24,
 }
 
 

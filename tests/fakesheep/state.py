@@ -118,6 +118,8 @@ class Knobs:
     #: what such a NEW_VDI answers if its reply is not cut: "SUCCESS", or "VDI_WRITE" as a
     #: gateway that lived but could not write the inode (nodes going down)
     inodeless_result: str = "SUCCESS"
+    #: every node answers STAT_RECOVERY with ``in_recovery`` 1 (a node came or went)
+    recovering: bool = False
 
 
 @dataclass

@@ -220,6 +220,11 @@ class DogBackend(AttributeCalls, Backend):
             avail=int(raw.avail / self._share),
         )
 
+    async def recovering(self) -> bool:
+        """``dog node recovery -r`` prints a line per node in recovery, nothing otherwise."""
+        out, _ = await self._run("recovery", None, self._plain("node", "recovery", "-r"))
+        return bool(out.strip())
+
     async def snapshot(self, name: bytes, tag: str) -> None:
         check_name("snapshot", name)
         argv = self._argv(("vdi", "snapshot"), name, opts=("-s", tag))

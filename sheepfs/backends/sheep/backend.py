@@ -40,7 +40,7 @@ from .deletes import Deletes
 from .extents import write_extents
 from .holes import Holes
 from .inode import Vdi, find_vid, load, read_entries, read_header
-from .listing import list_vdis, stat_nodes, to_info
+from .listing import list_vdis, nodes_recovering, stat_nodes, to_info
 from .proto import INDEX_OFFSET, Op, Res
 from .snapshots import SnapshotReads
 from .stream import prefetch
@@ -274,6 +274,9 @@ class SheepBackend(AttributeOps, Backend):
     async def statfs(self) -> FsStats:
         assert self._defaults is not None
         return await stat_nodes(self.client, self.timeout, self._defaults)
+
+    async def recovering(self) -> bool:
+        return await nodes_recovering(self.client, self.timeout)
 
     async def snapshot(self, name: bytes, tag: str) -> None:
         check_name("snapshot", name)

@@ -111,16 +111,36 @@ async def list_vdis(client: SheepClient) -> list[Vdi]:
     return found
 
 
+async def _nodes(client: SheepClient, op: str) -> list[tuple[str, int]]:
+    """The addresses of the cluster's nodes (GET_NODE_LIST)."""
+    nodes = proto.checked(
+        op, None, await client.call(proto.plain(Op.GET_NODE_LIST, NODE_LIST_SIZE))
+    )
+    return node_addresses(nodes.payload[: nodes.nr_nodes * proto.NODE_SIZE], nodes.nr_nodes)
+
+
+async def nodes_recovering(client: SheepClient, timeout: float) -> bool:
+    """Whether a node answers STAT_RECOVERY with ``in_recovery`` set, as ``dog node
+    recovery`` asks them: every node recovers after a node came or went, each at its pace.
+    A node that does not answer is passed by."""
+    for address in await _nodes(client, "recovery"):
+        try:
+            async with SheepClient([address], timeout=timeout) as node:
+                req = proto.plain(Op.STAT_RECOVERY, proto.RECOVERY_STATE_SIZE)
+                reply = proto.checked("recovery", None, await node.call(req))
+        except BackendError as e:
+            log.debug("recovery: node %s:%d does not answer: %s", *address, e)
+            continue
+        if reply.payload[:1] not in (b"", b"\0"):
+            return True
+    return False
+
+
 async def stat_nodes(client: SheepClient, timeout: float, defaults: ClusterInfo) -> FsStats:
     """Space a user can fill: the nodes' raw totals divided by the copies each byte takes
     (``copies``, or ``(d + p) / d`` for erasure coding), as ``df`` should show it."""
-    nodes = proto.checked(
-        "statfs", None, await client.call(proto.plain(Op.GET_NODE_LIST, NODE_LIST_SIZE))
-    )
-    addresses = node_addresses(nodes.payload[: nodes.nr_nodes * proto.NODE_SIZE],
-                                     nodes.nr_nodes)  # fmt: skip
     total = free = 0
-    for address in addresses:
+    for address in await _nodes(client, "statfs"):
         try:
             async with SheepClient([address], timeout=timeout) as node:
                 reply = proto.checked("statfs", None, await node.call(proto.plain(Op.STAT_SHEEP)))

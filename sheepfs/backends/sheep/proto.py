@@ -63,6 +63,7 @@ class Op(enum.IntEnum):
     STAT_SHEEP = 0x86
     STAT_CLUSTER = 0x87
     GET_VDI_ATTR = 0x89
+    STAT_RECOVERY = 0x97
     READ_DEL_VDIS = 0xC9
 
 
@@ -257,6 +258,10 @@ def vdi_request(
 def plain(op: Op, data_length: int = 0) -> Request:
     """A request with no payload and no body: READ_VDIS, GET_NODE_LIST, STAT_SHEEP..."""
     return Request(op, 0, data_length)
+
+
+#: ``struct recovery_state``: in_recovery u8 @0, state u32 @4, nr_finished and nr_total u64.
+RECOVERY_STATE_SIZE = 24
 
 
 def stat_cluster() -> Request:
