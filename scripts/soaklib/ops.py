@@ -120,8 +120,9 @@ class Worker(threading.Thread):
             time.sleep(0.5)  # under a fault: do not spin through refusals
         return r
 
-    def outcome(self, e: Entry, r: Result, v: Version) -> None:
-        e.acknowledged(v) if r.ok else e.refused(v)
+    def outcome(self, e: Entry, r: Result, v: Version, zeros: bool = False) -> None:
+        """``zeros``: refused, it may also have left zeros (``Entry.maybe_zeros``)."""
+        e.acknowledged(v) if r.ok else e.refused(v, zeros)
 
 
 # -- the operations --------------------------------------------------------------------------

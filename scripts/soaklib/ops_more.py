@@ -39,7 +39,7 @@ def rsync(wk: Worker) -> bool:
     desc = f"{e.name} ({len(change)} bytes changed at {off}{', in place' if inplace else ''})"
     r = wk.do("rsync", [e], argv, 2 * v.size, desc)
     # In place, a block rsync copies within the file but cannot read is written as zeros.
-    e.acknowledged(v) if r.ok else e.refused(v, zeros=inplace)
+    wk.outcome(e, r, v, zeros=inplace)
     return True
 
 

@@ -113,12 +113,9 @@ class BoundedBackend(Backend):
     async def recovering(self) -> bool:
         return await self._call("recovery", None, self.inner.recovering)
 
-    async def _after_recovery(self, op: str, name: bytes) -> None:
-        """Deletes wait for a recovery under way (see :mod:`.quiesce`), holding no slot."""
-        await self._recovery.wait(op, name)
-
     async def delete(self, name: bytes) -> None:
-        await self._after_recovery("delete", name)
+        # Deletes wait for a recovery under way (see :mod:`.quiesce`), holding no slot.
+        await self._recovery.wait("delete", name)
         await self._call("delete", name, lambda: self.inner.delete(name))
 
     async def resize(self, name: bytes, size: int) -> None:
@@ -134,7 +131,7 @@ class BoundedBackend(Backend):
         await self._call("clone", new_name, lambda: self.inner.clone(name, tag, new_name))
 
     async def delete_snapshot(self, name: bytes, tag: str) -> None:
-        await self._after_recovery("delete snapshot", name)
+        await self._recovery.wait("delete snapshot", name)
         await self._call("delete snapshot", name, lambda: self.inner.delete_snapshot(name, tag))
 
     async def snapshots(self, name: bytes) -> list[VdiInfo]:

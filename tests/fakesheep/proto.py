@@ -15,6 +15,8 @@ SD_PROTO_VER = 0x02  # highest public proto_ver accepted
 SD_SHEEP_PROTO_VER = 0x0A  # the only internal proto_ver accepted
 
 SD_NR_VDIS = 1 << 24
+#: ``struct recovery_state`` (STAT_RECOVERY's answer): in_recovery, state, finished, total.
+RECOVERY_STATE_SIZE = 24
 BITMAP_SIZE = SD_NR_VDIS // 8  # 2,097,152
 MAX_VDI_LEN = 256
 MAX_TAG_LEN = 256

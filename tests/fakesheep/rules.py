@@ -20,6 +20,7 @@ from .proto import (
     MAX_TAG_LEN,
     MAX_VDI_LEN,
     NODE_SIZE,
+    RECOVERY_STATE_SIZE,
     VDI_STATE_SIZE,
     Op,
     Request,
@@ -49,7 +50,7 @@ _BUFFERS: dict[int, Callable[[int], bool]] = {
     Op.GET_VDI_ATTR: lambda n: n == ATTR_OBJ_SIZE,
     Op.GET_VDI_COPIES: lambda n: n > 0 and n % VDI_STATE_SIZE == 0,
     # local_stat_recovery fills 24 bytes whatever the buffer (sheep/ops.c)
-    Op.STAT_RECOVERY: lambda n: n == 24,
+    Op.STAT_RECOVERY: lambda n: n == RECOVERY_STATE_SIZE,
 }
 
 

@@ -111,44 +111,39 @@ async def list_vdis(client: SheepClient) -> list[Vdi]:
     return found
 
 
-async def _nodes(client: SheepClient, op: str) -> list[tuple[str, int]]:
-    """The addresses of the cluster's nodes (GET_NODE_LIST)."""
+async def _ask_every_node(
+    client: SheepClient, op: str, req: proto.Request, timeout: float
+) -> list[proto.Reply]:
+    """``req`` sent to each node of the cluster (GET_NODE_LIST) on a connection of its
+    own, and the SUCCESS replies; a node that does not answer is passed by."""
     nodes = proto.checked(
         op, None, await client.call(proto.plain(Op.GET_NODE_LIST, NODE_LIST_SIZE))
     )
-    return node_addresses(nodes.payload[: nodes.nr_nodes * proto.NODE_SIZE], nodes.nr_nodes)
+    replies = []
+    for address in node_addresses(nodes.payload[: nodes.nr_nodes * proto.NODE_SIZE],
+                                  nodes.nr_nodes):  # fmt: skip
+        try:
+            async with SheepClient([address], timeout=timeout) as node:
+                replies.append(proto.checked(op, None, await node.call(req)))
+        except BackendError as e:
+            log.debug("%s: node %s:%d does not answer: %s", op, *address, e)
+    return replies
 
 
 async def nodes_recovering(client: SheepClient, timeout: float) -> bool:
     """Whether a node answers STAT_RECOVERY with ``in_recovery`` set, as ``dog node
-    recovery`` asks them: every node recovers after a node came or went, each at its pace.
-    A node that does not answer is passed by."""
-    for address in await _nodes(client, "recovery"):
-        try:
-            async with SheepClient([address], timeout=timeout) as node:
-                req = proto.plain(Op.STAT_RECOVERY, proto.RECOVERY_STATE_SIZE)
-                reply = proto.checked("recovery", None, await node.call(req))
-        except BackendError as e:
-            log.debug("recovery: node %s:%d does not answer: %s", *address, e)
-            continue
-        if reply.payload[:1] not in (b"", b"\0"):
-            return True
-    return False
+    recovery`` asks them: every node recovers after a node came or went, each at its pace."""
+    req = proto.plain(Op.STAT_RECOVERY, proto.RECOVERY_STATE_SIZE)
+    replies = await _ask_every_node(client, "recovery", req, timeout)
+    return any(r.payload[:1] not in (b"", b"\0") for r in replies)
 
 
 async def stat_nodes(client: SheepClient, timeout: float, defaults: ClusterInfo) -> FsStats:
     """Space a user can fill: the nodes' raw totals divided by the copies each byte takes
     (``copies``, or ``(d + p) / d`` for erasure coding), as ``df`` should show it."""
-    total = free = 0
-    for address in await _nodes(client, "statfs"):
-        try:
-            async with SheepClient([address], timeout=timeout) as node:
-                reply = proto.checked("statfs", None, await node.call(proto.plain(Op.STAT_SHEEP)))
-        except BackendError as e:
-            log.debug("statfs: node %s:%d does not answer: %s", *address, e)
-            continue
-        total += reply.store_size
-        free += reply.store_free
+    replies = await _ask_every_node(client, "statfs", proto.plain(Op.STAT_SHEEP), timeout)
+    total = sum(r.store_size for r in replies)
+    free = sum(r.store_free for r in replies)
     if defaults.copy_policy:
         data, parity = (defaults.copy_policy >> 4) * 2, defaults.copy_policy & 0x0F
         share = (data + parity) / data
