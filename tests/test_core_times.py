@@ -458,3 +458,26 @@ def _times(ns: int):
     from sheepfs.core.times import Times
 
     return Times(ns, ns)
+
+
+@pytest.mark.parametrize("rename", [False, True], ids=["created", "renamed"])
+async def test_our_own_record_of_a_guess_never_confirms_it(tmp_path, monkeypatch, rename):
+    """The listing a readdir or lookup is served within its TTL holds our own record of a
+    new VDI, with the guessed creation time: only a listing read from the backend may
+    confirm the guess (else it stays bound to the guess, and the next mount shows the
+    creation time: ``rsync -a`` copies the image again)."""
+    backend = dog_like()
+    real = time.time
+    monkeypatch.setattr("sheepfs.core.timekeeper.time.time", lambda: real() + 3)
+    async with mount(backend, tmp_path) as fs:
+        await fs.readdir()  # the listing in use: read before the file is made
+        await write_file(fs, b"new", b"data")
+        if rename:
+            await fs.rename(b"new", b"moved")
+        name = b"moved" if rename else b"new"
+        await touch(fs, name, T2, T1)
+        assert (await fs.lookup(name)).mtime_ns == T1
+        await fs.readdir()
+    assert stored(backend, name)[0] == backend.info(name).ctime
+    async with mount(backend, tmp_path) as fs:
+        assert (await fs.lookup(name)).mtime_ns == T1

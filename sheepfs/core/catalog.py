@@ -4,12 +4,15 @@
 refreshed at most once per TTL. Our own create/delete/resize update it at once; a refresh that
 was already running when such a change happened re-applies the change, so it cannot undo it.
 A backend whose ``lookup`` of one name is cheap (``hints.cheap_lookup``) answers a name
-directly instead of a stale listing being refreshed for it.
+directly instead of a stale listing being refreshed for it. Watchers (:meth:`Catalog.watch`)
+see each listing as the backend gave it, never our own records: a creation time we guessed
+and recorded must not pass for one Sheepdog reported.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -34,6 +37,12 @@ class Catalog:
     restoring: set[bytes] = field(default_factory=set)
     #: Set while the listing in use could not read every VDI.
     _partial: PartialListing | None = None
+    _watchers: list[Callable[[Iterable[VdiInfo]], None]] = field(default_factory=list)
+
+    def watch(self, watcher: Callable[[Iterable[VdiInfo]], None]) -> None:
+        """Call ``watcher`` with every listing read from the backend, less the names we
+        changed while it was read (what it shows of them may be older than our change)."""
+        self._watchers.append(watcher)
 
     def hold(self, names: set[bytes]) -> None:
         for name in names:
@@ -94,6 +103,9 @@ class Catalog:
             level = logging.DEBUG if self._partial else logging.WARNING  # once, not per TTL
             log.log(level, "%s; names it does not show answer EIO until one is whole", e)
             vdis, self._partial = dict(e.found), e
+        newer = {name for name, (when, _) in self._changes.items() if when >= started}
+        for watcher in self._watchers:
+            watcher([info for name, info in vdis.items() if name not in newer])
         for name, (when, info) in list(self._changes.items()):
             if when >= started:
                 if info is None:

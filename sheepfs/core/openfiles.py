@@ -41,6 +41,7 @@ class OpenFiles:
         self.spool = spool
         self.cache = ChunkCache(backend, cache_size, tasks, grown=self.record)
         self.times = TimeKeeper(backend, tasks, catalog.ttl)
+        catalog.watch(self.times.seen)
         self.replacer = Replacer(backend, catalog, self.cache, spool, self.times)
         self.uploader = Uploader(
             backend, self.replacer, tasks, self.record, self.times, write_behind_min

@@ -114,7 +114,6 @@ class TimeKeeper:
         ago. dog (a process per name): never waited for, read a few at a time."""
         infos = list(listing.values())
         self._prune(listing)
-        self._rebind_later(infos)
         unread = [i for i in infos if self._unread(i)]
         if self.cheap:
             if not self._listing_read:
@@ -132,7 +131,6 @@ class TimeKeeper:
         call), or (cheap) read more than a TTL ago, "nothing kept" too (one probe per TTL
         of a file being looked at); dog: those read more than REFRESH_AFTER ago are read
         again in the background."""
-        self._rebind_later([info])
         if self._unread(info) or (self.cheap and self._stale(info, self.ttl)):
             self._queue.pop(info.name, None)
             await self._read([info])
@@ -253,7 +251,8 @@ class TimeKeeper:
     async def bind(self, name: bytes, times: Times) -> tuple[int, int]:
         """A VDI of ours was just created as ``name``: store its times, over whatever an
         earlier VDI of the name left. Returns its creation time (s, ns): read back where a
-        lookup is cheap, else the time now, checked against the next listing of it."""
+        lookup is cheap, else the time now, checked against the next listing read from
+        the backend (:meth:`seen`; our own record of the VDI holds the guess)."""
         if self.backend.hints.cheap_lookup:
             info = await self.backend.lookup(name)
             if info is None:
@@ -263,6 +262,11 @@ class TimeKeeper:
         guess = self._guesses[name] = int(time.time())
         await self.store(name, guess, 0, times, confirmed=False)
         return guess, 0
+
+    def seen(self, infos: Iterable[VdiInfo]) -> None:
+        """A listing read from the backend (``Catalog.watch``): guessed creation times it
+        shows otherwise are bound again. Never our own records: they hold the guess."""
+        self._rebind_later(infos)
 
     def _rebind_later(self, infos: Iterable[VdiInfo]) -> None:
         for name, ctime, times in self._confirm(infos):
