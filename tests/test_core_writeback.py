@@ -213,3 +213,27 @@ async def test_an_erasure_coded_file_never_gets_overlapping_writes(tmp_path) -> 
             await fs.release(fh)
     assert backend.data(b"ec") == bytes(mirror)
     assert backend.overlapping_ec_writes == 0 and backend.overlapping_first_writes == 0
+
+
+async def test_a_write_landing_while_write_behind_grows_the_vdi_is_kept(tmp_path) -> None:
+    """``cp`` of a sparse file over an empty one (found by scripts/soak): the first extent
+    fills a chunk to the file's end, so write-behind takes it and grows the VDI; the second
+    extent lands in that chunk meanwhile, past a hole, as a run of its own. Write-behind
+    sends one run per round, and took the chunk's other run for sent too: it was never
+    written, and the VDI read zeros there for good."""
+    backend = MemoryBackend()
+    backend.put(b"e", b"", block_size_shift=SMALL)
+    first, second = random_bytes(MiB // 2), random_bytes(8 * KiB)
+    at = MiB // 2 + 24 * KiB  # past a hole, in the same 1 MiB chunk
+    async with mount(backend, tmp_path) as fs:
+        fh = await open_name(fs, b"e", writing=True)
+        gate = backend.gate("resize")
+        await fs.write(fh, 0, first)  # the chunk is dirty to the file's end: write-behind
+        await gate.wait_held(1)
+        await fs.write(fh, at, second)
+        gate.proceed()
+        await fs.truncate(fs.ino_for(b"e"), MiB, fh)  # as cp ends a file in a hole
+        await fs.flush(fh)
+        await fs.release(fh)
+    want = first + bytes(at - len(first)) + second
+    assert backend.data(b"e") == want + bytes(MiB - len(want))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import threading
 import time
 
@@ -200,3 +201,20 @@ def test_a_file_growing_while_its_vdi_is_resized_loses_nothing(store, tmp_path):
             os.close(fd)
     assert store.vdis()[b"grow"][0] == 2 * 65536
     assert store.read(b"grow") == b"A" * 65536 + b"B" * 65536
+
+
+def test_cp_of_a_sparse_file_over_an_empty_one_keeps_every_extent(dog_like_store, tmp_path):
+    """Found by scripts/soak, the exact shape it copied: an empty file (``cp /dev/null``),
+    then ``cp`` of a sparse file over it, which writes its two extents with a hole between
+    and ends the file with ``ftruncate``. The second extent landed in a chunk write-behind
+    was writing back, and was dropped: the VDI read zeros there."""
+    rng = random.Random(302382327)
+    src = tmp_path / "sparse.img"
+    with open(src, "wb") as f:
+        for at, length in ((3989504, 1646592), (5660672, 90112)):
+            os.pwrite(f.fileno(), rng.randbytes(length), at)
+        f.truncate(5787347)
+    with mount_of(dog_like_store, tmp_path) as m:
+        subprocess.run(["cp", "/dev/null", str(m.path / "e")], check=True)
+        subprocess.run(["cp", "--", str(src), str(m.path / "e")], check=True)
+        assert dog_like_store.read(b"e") == src.read_bytes()

@@ -24,6 +24,21 @@ def add_range(ranges: list[tuple[int, int]], a: int, b: int) -> list[tuple[int, 
     return [*ranges[:i], (a, b), *ranges[j:]]
 
 
+def remove_range(ranges: list[tuple[int, int]], a: int, b: int) -> list[tuple[int, int]]:
+    """``ranges`` (sorted, disjoint) without ``[a, b)``: what is left of them to write once
+    ``[a, b)`` is on its way."""
+    out: list[tuple[int, int]] = []
+    for x, y in ranges:
+        if y <= a or x >= b:
+            out.append((x, y))
+            continue
+        if x < a:
+            out.append((x, a))
+        if y > b:
+            out.append((b, y))
+    return out
+
+
 def plan_runs(pieces: Iterable[tuple[C, int, list[tuple[int, int]]]], max_run: int) -> list[Run]:
     """Merge ``(chunk, chunk's offset in the file, ranges to write)``, in file order, into
     runs of contiguous bytes; a run is cut before it would pass ``max_run`` bytes."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..backends.base import EC_STRIPE_SIZE
-from .ranges import Run, add_range, plan_runs, stretches
+from .ranges import Run, add_range, plan_runs, remove_range, stretches
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
@@ -207,8 +207,10 @@ class WriteBack:
     async def _send(self, f: CachedFile, runs: list[Run[Chunk]]) -> None:
         """Write ``runs``, one call each (under ``f.lock``); a failed one is dirty again."""
         for _, parts in runs:
-            for c, _, _ in parts:
-                c.dirty = []  # every range of these chunks is in ``runs``
+            for c, a, b in parts:
+                # Only what goes out: a chunk may have runs in calls not made now (one call
+                # per write-behind round), and those must stay dirty.
+                c.dirty = remove_range(c.dirty, a, b)
                 c.pinned += 1
         for i, (start, parts) in enumerate(runs):
             # Views, not copies: a write racing with this one marks its range dirty
