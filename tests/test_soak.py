@@ -218,6 +218,39 @@ def test_an_exit_1_after_sigterm_is_a_crash_unless_the_cluster_refused_the_save(
     assert cluster_refused(start) == ""  # exit 1 with no error said: a crash
 
 
+def test_a_cluster_whose_operations_hang_on_every_node_is_restarted_once() -> None:
+    """Sheepdog's local cluster driver can stop every lookup, create and delete for good
+    after a node kill (docs/SHEEPDOG.md F26): the soak restarts such a cluster and says so,
+    and leaves one that answers alone."""
+    import random
+
+    from soaklib.faults import Injector
+    from soaklib.target import RealTarget
+
+    class Wedged(RealTarget):
+        def __init__(self) -> None:  # no cluster: what the injector asks of one, recorded
+            self.nodes, self.calls, self.hung = 3, [], True
+
+        def wedged(self) -> bool:
+            return self.hung
+
+        def stop(self) -> None:
+            self.calls.append("stop")
+
+        def start(self) -> None:
+            self.calls.append("start")
+            self.hung = False
+
+    target, report = Wedged(), Report(seed=1, replay="")
+    faults = Injector(None, random.Random(1), target, None, None, None, report)
+    faults.unwedge("after node_kill")
+    assert target.calls == ["stop", "start"] and not faults.down
+    assert any("hung on every node after node_kill" in n and "F26" in n for n in report.notes)
+    faults.unwedge("at the end")
+    assert target.calls == ["stop", "start"] and len(report.notes) == 1
+    assert report.exit_code() == 0  # the cluster's fault, said, not sheepfs's
+
+
 # -- the proxy -----------------------------------------------------------------------------
 
 

@@ -127,7 +127,7 @@ def soak(cfg: Config, report: Report, work: Path, stack: contextlib.ExitStack) -
         ext4,
         threading.Thread(target=watch, args=(stop, faults, daemon, target, report), daemon=True),
     )
-    finish(cfg, report, ctx, checker, daemon, target, ext4)
+    finish(cfg, report, ctx, checker, daemon, target, ext4, faults)
     return kinds_for(target)
 
 
@@ -169,8 +169,10 @@ def finish(
     daemon: Daemon,
     target: Target,
     ext4: Ext4,
+    faults: Injector,
 ) -> None:
     """Settle, unmount, read every file back, look at every log."""
+    faults.unwedge("at the end")
     left = checker.settle_all()
     if left:
         report.note(f"{left} file(s) could not be settled before the unmount")

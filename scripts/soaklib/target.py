@@ -32,6 +32,8 @@ CRASH_WORDS = (
 #: Seconds a ``dog vdi read`` of a whole VDI may take (the soak's files are at most a few
 #: hundred MiB; a loaded 2-core machine reads 20 MiB/s or more).
 READ_DEADLINE = 300.0
+#: A lookup of a name no one makes (``wedged``), and how long it may take.
+PROBE, WEDGED_AFTER = "soak-probe-of-the-cluster-driver", 15.0
 
 
 class Unavailable(Exception):
@@ -142,6 +144,25 @@ class RealTarget(Target):
 
     def running(self) -> bool:
         return self.cluster.running()
+
+    def wedged(self) -> bool:
+        """Whether the cluster's own operations hang on every node while its nodes answer:
+        Sheepdog's local cluster driver stuck behind an event no node will end
+        (docs/SHEEPDOG.md F26). Probed with a lookup of a name no one makes, which says
+        "No VDI found" at once while the driver's queue moves."""
+        for k in range(self.nodes):
+            argv = [str(self.dist.dog), "vdi", "read", "-a", self.cluster.address, "-p",
+                    str(self.cluster.port + k), "--", PROBE, "0", "1"]  # fmt: skip
+            try:
+                subprocess.run(argv, capture_output=True, timeout=WEDGED_AFTER)
+                return False
+            except subprocess.TimeoutExpired:
+                pass
+        argv = self.dog_argv("node", "list")
+        try:
+            return subprocess.run(argv, capture_output=True, timeout=WEDGED_AFTER).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False  # the nodes do not answer at all: not that
 
     def problems(self, down: set[int]) -> list[str]:
         pids = self.cluster.node_pids()
