@@ -114,12 +114,7 @@ class Injector(threading.Thread):
             self.pause(3, 10)
             self.target.set(reachable=True)
             return
-        assert isinstance(self.target, RealTarget)
-        self.down.update(range(self.target.nodes))
-        self.target.stop()
-        self.pause(3, 10)
-        self.target.start()
-        self.down.clear()
+        self.restart_cluster(lambda: self.pause(3, 10))
 
     def sheepfs_kill(self, ev: FaultEvent) -> None:
         """SIGKILL, at a moment with data staged: best while a replace or a rename over a
@@ -225,7 +220,13 @@ class Injector(threading.Thread):
             f"the cluster's own operations hung on every node {when} (Sheepdog's local "
             "cluster driver, docs/SHEEPDOG.md F26): it was restarted"
         )
+        self.restart_cluster(lambda: None)
+
+    def restart_cluster(self, between: Callable[[], None]) -> None:
+        """Stop every node, ``between()``, start them again; the nodes count as down."""
+        assert isinstance(self.target, RealTarget)
         self.down.update(range(self.target.nodes))
         self.target.stop()
+        between()
         self.target.start()
         self.down.clear()

@@ -150,9 +150,9 @@ class RealTarget(Target):
         Sheepdog's local cluster driver stuck behind an event no node will end
         (docs/SHEEPDOG.md F26). Probed with a lookup of a name no one makes, which says
         "No VDI found" at once while the driver's queue moves."""
-        for k in range(self.nodes):
-            argv = [str(self.dist.dog), "vdi", "read", "-a", self.cluster.address, "-p",
-                    str(self.cluster.port + k), "--", PROBE, "0", "1"]  # fmt: skip
+        for address, port in self.addresses:
+            argv = [str(self.dist.dog), "vdi", "read", "-a", address, "-p", str(port), "--",
+                    PROBE, "0", "1"]  # fmt: skip
             try:
                 subprocess.run(argv, capture_output=True, timeout=WEDGED_AFTER)
                 return False
