@@ -199,3 +199,13 @@ async def test_a_settled_cluster_is_not_recovering(backend: Backend) -> None:
         while await backend.recovering():  # a throwaway cluster may still settle
             await trio.sleep(0.5)
     assert await backend.recovering() is False
+
+
+async def test_a_failed_stream_raises_the_error_itself(backend: Backend) -> None:
+    """Not an exception group: callers (the write-back's loads) catch BackendError, and a
+    group escaping them ended the mount (found by scripts/soak, sheep seed 638511713)."""
+    with pytest.raises(BackendError) as caught:
+        async with backend.read_stream(b"nothing-here", 0, 4 * MiB, piece_size=MiB) as pieces:
+            async for _ in pieces:
+                pass
+    assert isinstance(caught.value, NotFound)

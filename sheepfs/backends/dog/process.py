@@ -21,6 +21,7 @@ import trio
 
 from ... import buffers
 from ...errors import Timeout, Unavailable
+from ...nurseries import helpers
 from ..base import Buffer
 from .errors import error_for
 
@@ -220,10 +221,9 @@ async def stream(
     pump = _Pump(read_end, piece_size, trio.lowlevel.current_trio_token())
     errors = bytearray()
     try:
-        async with trio.open_nursery() as nursery:
+        async with helpers() as nursery:
             nursery.start_soon(_drain, proc.stderr, errors)
             yield _pieces(pump, proc, errors, name, timeout)
-            nursery.cancel_scope.cancel()
     finally:
         pump.stop()  # a pump waiting for a slot gives up
         await _reap(proc)  # a pump blocked in read() gets end-of-file

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from ...nurseries import helpers
+
 #: Pieces read ahead of the reader.
 AHEAD = 8
 
@@ -46,7 +48,7 @@ async def prefetch(
         finally:
             slot.done.set()
 
-    async with trio.open_nursery() as nursery:
+    async with helpers() as nursery:
         slots: deque[_Slot] = deque()
 
         def refill() -> None:
@@ -72,4 +74,3 @@ async def prefetch(
                     return  # the VDI ends here: pieces past its end are not reads (rule 26)
 
         yield pieces()
-        nursery.cancel_scope.cancel()
