@@ -3,7 +3,10 @@
 A node died with the rename's DEL_VDI of the source in flight. The rename answered EIO
 though its clone already held the data under the new name, and ``mv``, seeing the source
 still there, renamed it again, over the new name: the source, its index zeroed by the
-delete cut off, replaced the data with zeros.
+delete cut off, replaced the data with zeros. Answering success instead left the old name
+listed after a rename that succeeded (dog seeds 454490412 and 60491967, sheep 310615649: a
+sheep that held its replies, a cluster restart, a node kill), so the delete is tried again
+while the rename waits; only a delete that keeps failing leaves the old name behind.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import logging
 
 import pytest
 
-from sheepfs.errors import Unavailable
+from sheepfs.core import rename
+from sheepfs.errors import NotFound, Unavailable
 from tests.core_helpers import SMALL, MiB, mount, random_bytes, read_name
 from tests.memory_backend import MemoryBackend
 
@@ -20,9 +24,11 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.mark.parametrize("zeroed", [True, False])
-async def test_a_rename_whose_source_delete_was_cut_off_keeps_the_data_renamed(
+async def test_a_rename_whose_source_delete_keeps_failing_keeps_the_data_renamed(
     tmp_path, monkeypatch, caplog, zeroed
 ) -> None:
+    monkeypatch.setattr(rename, "SOURCE_DELETE_FOR", 0.3)
+    monkeypatch.setattr(rename, "RETRY", 0.1)
     backend = MemoryBackend()
     data = random_bytes(MiB + 5)
     backend.put(b"src", data, block_size_shift=SMALL)
@@ -46,3 +52,37 @@ async def test_a_rename_whose_source_delete_was_cut_off_keeps_the_data_renamed(
         assert await read_name(fs, b"dst") == data
     assert backend.data(b"dst") == data and b"src" not in backend.names()
     assert "deleting the old name failed" in caplog.text
+
+
+@pytest.mark.parametrize("zeroed", [True, False])
+async def test_a_source_delete_cut_off_is_tried_again_until_the_old_name_is_gone(
+    tmp_path, monkeypatch, caplog, zeroed
+) -> None:
+    monkeypatch.setattr(rename, "RETRY", 0.05)
+    backend = MemoryBackend()
+    data = random_bytes(MiB + 5)
+    backend.put(b"src", data, block_size_shift=SMALL)
+    real_delete = backend.delete
+    failures = []
+
+    async def cut_off_twice(name: bytes) -> None:
+        if name != b"src" or len(failures) == 2:
+            return await real_delete(name)
+        if zeroed and not failures:  # the first try zeroed the index; its reply was lost
+            await real_delete(name)
+            backend.put(b"src", bytes(len(data)), block_size_shift=SMALL)
+        failures.append(name)
+        raise Unavailable("delete", name, "the connection broke with the request in flight")
+
+    monkeypatch.setattr(backend, "delete", cut_off_twice)
+    caplog.set_level(logging.INFO)
+    async with mount(backend, tmp_path) as fs:
+        await fs.rename(b"src", b"dst")
+        assert len(failures) == 2  # the rename waited for the third try
+        with pytest.raises(NotFound):
+            await fs.lookup(b"src")
+        assert b"src" not in [name for name, _ in await fs.readdir()]
+        assert await read_name(fs, b"dst") == data
+    assert backend.data(b"dst") == data and b"src" not in backend.names()
+    assert "deleting the old name failed" in caplog.text  # each failed try, at INFO
+    assert "may stay" not in caplog.text

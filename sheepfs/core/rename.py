@@ -14,6 +14,8 @@ import dataclasses
 import logging
 import time
 
+import trio
+
 from ..backends.base import Backend, VdiInfo, VdiKind
 from ..errors import BackendError, InvalidArgument, NotFound, NotPermitted, ReadOnly
 from .aside import put_back_later
@@ -29,6 +31,9 @@ log = logging.getLogger(__name__)
 
 #: Failures of a snapshot that mean it was refused before anything changed.
 REFUSED = (NotPermitted, InvalidArgument, ReadOnly, NotFound)
+#: Seconds a rename tries to delete its source's old name (and between two tries).
+SOURCE_DELETE_FOR = 60.0
+RETRY = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,20 +166,32 @@ async def _delete_source(keeper: TimeKeeper, r: Rename) -> bool:
     """Delete the renamed VDI's old name; True if it is gone. The clone holds the data now,
     so a failure here must not fail the rename: a delete cut off may have zeroed the
     source's index (Sheepdog zeroes it first), and ``mv``, told the rename failed and seeing
-    the source still there, renames it again, over the clone (found by the soak). What is
-    left stays listed, for ``rm``, and the log says so."""
-    try:
-        await keeper.delete(r.src)
-    except NotFound:
-        return True  # an earlier try landed
-    except BackendError as e:
-        log.warning(
-            "rename %r -> %r: the data is under the new name, but deleting the old name "
-            "failed (%s): %r may stay, maybe reading zeros; rm it",
-            r.src,
-            r.dst,
-            e,
-            r.src,
-        )
-        return False
-    return True
+    the source still there, renames it again, over the clone (found by the soak). Nor may
+    the old name stay after a rename that succeeded, so a delete that fails is tried again
+    for SOURCE_DELETE_FOR seconds (a node that died, a cluster that restarts); only then is
+    what is left kept listed, for ``rm``, and the log says so."""
+    deadline = trio.current_time() + SOURCE_DELETE_FOR
+    while True:
+        try:
+            await keeper.delete(r.src)
+            return True
+        except NotFound:
+            return True  # an earlier try landed
+        except BackendError as e:
+            if isinstance(e, REFUSED) or trio.current_time() + RETRY > deadline:
+                _left_behind(r, e)
+                return False
+            log.info("rename %r -> %r: deleting the old name failed (%s); trying again in "
+                     "%g s", r.src, r.dst, e, RETRY)  # fmt: skip
+        await trio.sleep(RETRY)
+
+
+def _left_behind(r: Rename, e: BackendError) -> None:
+    log.warning(
+        "rename %r -> %r: the data is under the new name, but deleting the old name "
+        "failed (%s): %r may stay, maybe reading zeros; rm it",
+        r.src,
+        r.dst,
+        e,
+        r.src,
+    )
