@@ -146,3 +146,27 @@ async def test_while_a_failed_renames_target_waits_for_its_old_data_it_is_eio_no
         await wait_for(lambda: b"dst" not in fs.catalog.restoring, "the put-back")
         assert await read_name(fs, b"dst") == old
     assert backend.data(b"dst") == old
+
+
+async def test_old_data_the_mount_cannot_put_back_at_once_is_put_back_while_it_serves(
+    tmp_path,
+) -> None:
+    """A put-back that failed at mount (the cluster still answered NO_OBJ for the name) was
+    never tried again by that mount, and the name answered as if it were simply gone: the
+    old data came back only at the next mount (found by scripts/soak, sheep seed 94315129).
+    Now it is tried again in the background, and the name answers EIO meanwhile."""
+    backend = MemoryBackend()
+    old = random_bytes(2 * MiB)
+    backend.put(b"v", old, block_size_shift=SMALL)
+    await _replace_cut_short(backend, tmp_path, b"v")
+    fs = make_fs(backend, tmp_path)
+    async with fs.running():
+        backend.fail("clone", times=None)  # the put-back cannot make the VDI yet
+        fs.start_recovery()
+        await wait_for(lambda: not fs.catalog._held, "recovery to let the name go")
+        with pytest.raises(Unavailable):
+            await fs.lookup(b"v")
+        backend.heal()
+        await wait_for(lambda: _recovered(fs, tmp_path), "the put-back", timeout=10)
+        await fs.lookup(b"v")
+    assert backend.data(b"v") == old

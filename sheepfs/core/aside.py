@@ -32,17 +32,19 @@ log = logging.getLogger(__name__)
 RETRY = 2.0
 
 
-def put_back_later(files: OpenFiles, catalog: Catalog, aside: Aside) -> None:
+def put_back_later(files: OpenFiles, catalog: Catalog, aside: Aside, tried: bool = False) -> None:
     """A rename failed once its target's old data was set aside (the cluster went away,
-    say): the target gets its old data back as soon as the cluster lets it, in the
-    background; if the mount ends first, the next one does it."""
+    say), or the mount could not put back what an earlier run set aside: the name gets its
+    old data back as soon as the cluster lets it, in the background; if the mount ends
+    first, the next one does it. ``tried``: a first try failed already."""
     catalog.restoring.add(aside.vdi_name)  # meanwhile the name answers EIO, not ENOENT
-    files.uploader.tasks.start(_retrying, files, catalog, aside)
+    files.uploader.tasks.start(_retrying, files, catalog, aside, int(tried))
 
 
-async def _retrying(files: OpenFiles, catalog: Catalog, aside: Aside) -> None:
-    tries = 0
+async def _retrying(files: OpenFiles, catalog: Catalog, aside: Aside, tries: int) -> None:
     try:
+        if tries:
+            await trio.sleep(RETRY)
         while not await put_back(files, catalog, aside, quiet=tries > 0):
             tries += 1
             await trio.sleep(RETRY)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..errors import BackendError, Exists
 from ..spool import Aside, Spool, StagedFile
-from .aside import put_back
+from .aside import put_back, put_back_later
 from .catalog import Catalog
 from .filetimes import settle
 from .inodes import Inodes
@@ -43,14 +43,16 @@ class Leftovers:
 async def recover_spool(
     left: Leftovers, catalog: Catalog, files: OpenFiles, inodes: Inodes
 ) -> None:
-    """Put back old data a cut-short replace or rename set aside; upload every leftover
-    spool file that can be uploaded safely; keep the others. The names are let go as soon
-    as each is decided (a leftover to upload is an open file of the mount by then), before
-    the uploads."""
+    """Put back old data a cut-short replace or rename set aside (what the cluster does not
+    let back yet is tried again in the background, as after a rename that failed); upload
+    every leftover spool file that can be uploaded safely; keep the others. The names are
+    let go as soon as each is decided (a leftover to upload is an open file of the mount by
+    then), before the uploads."""
     adopted: list[OpenFile] = []
     try:
         for aside in left.asides:
-            await put_back(files, catalog, aside)
+            if not await put_back(files, catalog, aside):
+                put_back_later(files, catalog, aside, tried=True)  # EIO till it is back
         for staged in left.staged:
             f = await _adopt(staged, catalog, files, inodes)
             if f is not None:
@@ -66,6 +68,10 @@ async def _adopt(
 ) -> OpenFile | None:
     """The open file that uploads ``staged``, or None where it is kept as it is."""
     name = staged.vdi_name
+    if name in catalog.restoring:  # an upload now would be deleted by the put-back
+        log.error("spool: %r waits for its old data to be put back; %s stays", name, staged.path)
+        staged.close()
+        return None
     try:
         info = await catalog.get(name, held=True)
     except BackendError as e:
