@@ -14,10 +14,13 @@ from __future__ import annotations
 import logging
 
 import pytest
+import trio
 
+from sheepfs.backends.dog import DogBackend
+from sheepfs.backends.sheep import SheepBackend
 from sheepfs.core import rename
 from sheepfs.errors import NotFound, Unavailable
-from tests.core_helpers import SMALL, MiB, mount, random_bytes, read_name
+from tests.core_helpers import SMALL, MiB, mount, random_bytes, read_name, write_file
 from tests.memory_backend import MemoryBackend
 
 pytestmark = pytest.mark.timeout(60)
@@ -85,4 +88,45 @@ async def test_a_source_delete_cut_off_is_tried_again_until_the_old_name_is_gone
         assert await read_name(fs, b"dst") == data
     assert backend.data(b"dst") == data and b"src" not in backend.names()
     assert "deleting the old name failed" in caplog.text  # each failed try, at INFO
+    assert "may stay" not in caplog.text
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("kind", ["dog", "sheep"])
+async def test_on_a_real_cluster_a_source_delete_whose_reply_was_lost_ends_the_rename(
+    request, tmp_path, monkeypatch, caplog, kind
+) -> None:
+    """The delete landed on the cluster and its reply was lost: the next try must take the
+    VDI's absence for success (its times' key is gone with it, a real Sheepdog says how),
+    not retry it for a minute and then report the old name as left behind."""
+    cluster = request.getfixturevalue("real_store").cluster
+    where = (cluster.address, cluster.port)
+    backend = (
+        SheepBackend([where], timeout=30)
+        if kind == "sheep"
+        else DogBackend(str(cluster.dist.dog), *where, timeout=30)
+    )
+    monkeypatch.setattr(rename, "RETRY", 0.2)
+    monkeypatch.setattr(rename, "SOURCE_DELETE_FOR", 20.0)
+    data = random_bytes(MiB + 5)
+    real_delete, lost = backend.delete, []
+
+    async def reply_lost(name: bytes) -> None:
+        await real_delete(name)
+        if name == b"src" and not lost:
+            lost.append(name)
+            raise Unavailable("delete", name, "the reply was lost")
+
+    caplog.set_level(logging.INFO)
+    async with mount(backend, tmp_path) as fs:
+        await write_file(fs, b"src", data)
+        monkeypatch.setattr(backend, "delete", reply_lost)
+        started = trio.current_time()
+        await fs.rename(b"src", b"dst")
+        assert lost and trio.current_time() - started < 15  # one retry, not the minute
+        with pytest.raises(NotFound):
+            await fs.lookup(b"src")
+        assert await read_name(fs, b"dst") == data
+        assert await backend.lookup(b"src") is None
+        await fs.unlink(b"dst")
     assert "may stay" not in caplog.text
