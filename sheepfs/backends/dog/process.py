@@ -21,8 +21,8 @@ import trio
 
 from ... import buffers
 from ...errors import Timeout, Unavailable
-from ...nurseries import helpers
 from ..base import Buffer
+from ..nurseries import helpers
 from .errors import error_for
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ...nurseries import helpers
+from ..nurseries import helpers
 
 #: Pieces read ahead of the reader.
 AHEAD = 8
