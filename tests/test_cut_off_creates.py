@@ -21,6 +21,7 @@ from sheepfs.backends.sheep import SheepBackend, proto
 from sheepfs.backends.sheep.client import SheepClient
 from sheepfs.backends.sheep.inode import find_vid
 from sheepfs.core.filesystem import CoreConfig, Filesystem
+from sheepfs.core.replace import take_snapshot
 from sheepfs.errors import BackendError
 from sheepfs.spool import Spool
 from tests.fakesheep import fake_cluster
@@ -78,6 +79,27 @@ async def test_a_hole_left_by_our_cut_off_create_is_mended(caplog) -> None:
             await backend.clone(b"v", "keep", b"v")  # the old data, reachable again
             assert bytes(await backend.read(b"v", 0, 8)) == b"old data"
             assert b"v" in await backend.list()
+        assert fake.events == []
+
+
+async def test_a_snapshot_mends_the_hole_its_own_cut_off_left(caplog) -> None:
+    """A ``cp`` over a file: the replace's snapshot of it cut off by a node kill. Only
+    lookups mended a hole, and the close's tries of the snapshot each failed with NO_OBJ
+    until that mount ended; no later mount can mend it (found by scripts/soak, sheep seed
+    690556163). Now every call that looks a name up mends it."""
+    async with fake_cluster(nodes=3) as fake:
+        async with SheepBackend([fake.address()], timeout=TIMEOUT) as backend:
+            await backend.create(b"v", MiB)
+            await backend.write(b"v", 0, b"old data")
+            cut_off_next_create(fake)
+            with pytest.raises(BackendError):
+                await backend.snapshot(b"v", "old")  # its new working vid has no inode
+            await trio.sleep(TIMEOUT)
+            with caplog.at_level(logging.WARNING):
+                await take_snapshot(backend, b"v", "old")  # the close's next try goes on
+            assert "had no inode" in caplog.text
+            await backend.clone(b"v", "old", b"copy")  # the old data is in the snapshot
+            assert bytes(await backend.read(b"copy", 0, 8)) == b"old data"
         assert fake.events == []
 
 

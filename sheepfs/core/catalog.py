@@ -59,7 +59,7 @@ class Catalog:
         if (held := self._held.get(name)) is not None:
             await held.wait()
         if name in self.restoring:
-            why = "a rename over it failed, and its old data is not back yet (a retry is due)"
+            why = "a replace or rename of it failed; its old data is not back yet (retrying)"
             raise Unavailable("lookup", name, why)
 
     def _fresh(self) -> bool:

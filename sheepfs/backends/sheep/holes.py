@@ -9,9 +9,10 @@ names are unreachable, their data with them, until every sheep has restarted (a 
 sheep marks only the vids whose inodes it stores).
 
 So a NEW_VDI of ours that was cut off, or failed once the vid had its state (VDI_WRITE:
-the inode's write failed), is remembered by its chain; when a lookup of a name
-of that chain fails, and the chain's last vid alone has no inode, that vid gets the inode a
-DEL_VDI leaves (no name, size 0), which lookups pass by. Only the last vid: a NEW_VDI takes
+the inode's write failed), is remembered by its chain; when any look-up of a name of that
+chain fails (a lookup, or the GET_VDI_INFO of a snapshot, clone, delete or resize), and
+the chain's last vid alone has no inode, that vid gets the inode a DEL_VDI leaves (no
+name, size 0), which lookups pass by. Only the last vid: a NEW_VDI takes
 the vid just past its chain, and no later one can land past a vid that breaks lookups. A
 late write of the real inode, from a gateway that was slow rather than dead, still lands
 over it; so only once a timeout has passed since the cut-off, when one has become unlikely.
