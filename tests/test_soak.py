@@ -335,14 +335,6 @@ def test_a_short_soak_on_the_fake_dog_ends_clean_and_leaves_nothing() -> None:
     assert soak_mounts() <= before  # its spool disk, its mount point: all gone
 
 
-#: Not in CI yet: on both backends some 2-minute runs still lose a file (README, "Soak");
-#: SHEEPFS_SOAK=1 runs them.
-NOT_IN_CI = pytest.mark.skipif(
-    not os.environ.get("SHEEPFS_SOAK"),
-    reason="SHEEPFS_SOAK=1 runs it; not in CI yet: the soak still finds losses (README)",
-)
-
-
 def soak_mounts() -> set[str]:
     """Mounts a soak made (another soak may run beside this test)."""
     with open("/proc/mounts") as f:
@@ -351,7 +343,6 @@ def soak_mounts() -> set[str]:
 
 @pytest.mark.real
 @pytest.mark.timeout(900)
-@NOT_IN_CI
 @pytest.mark.parametrize("backend", ["dog", "sheep"])
 @pytest.mark.skipif(os.geteuid() != 0, reason="the soak mounts its spool disk (tmpfs): root")
 def test_a_two_minute_soak_on_a_real_cluster_loses_nothing(backend) -> None:
